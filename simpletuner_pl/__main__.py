@@ -1,0 +1,4 @@
+from simpletuner_pl.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Flux.1 (Krea [dev], dev, schnell) as a LightningModule: rectified-flow loss on packed 2x2 latent patches.
+
+Per sample: x0 = (VAE(z) - shift) * scale, σ from `simpletuner_pl.schedules`, x_σ = (1-σ)x0 + σε, and the
+transformer predicts the velocity ε - x0 (MSE in fp32). Packing, position ids and unpacking are diffusers' own
+FluxPipeline helpers, so training sees exactly the token layout inference uses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+from simpletuner_pl.adapters.lora import adapter_metadata
+from simpletuner_pl.models.base import DiffusionModule
+from simpletuner_pl.schedules import sample_sigmas
+
+CLIP_MAX_LENGTH = 77
+
+
+class FluxModule(DiffusionModule):
+    denoiser_name = "transformer"
+
+    def __init__(self, cfg, components: Dict[str, object]):
+        super().__init__(cfg, components)
+        self.scheduler_config = dict(components["scheduler"].config)
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self._text_cache: Dict[str, Dict[str, torch.Tensor]] = {}
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        # Not next(parameters()): quantised layers may store uint8 weights.
+        return self.transformer.x_embedder.weight.dtype
+
+    # ---- conditioning -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_prompts(self, prompts: List[str]) -> Dict[str, torch.Tensor]:
+        """CLIP-L pooled embedding + T5 sequence (and its attention mask), padded to `model.t5_max_length`."""
+        device = self.text_encoder.device
+        clip = self.tokenizer(prompts, padding="max_length", max_length=CLIP_MAX_LENGTH, truncation=True,
+                              return_tensors="pt")
+        pooled = self.text_encoder(clip.input_ids.to(device), output_hidden_states=False).pooler_output
+        t5 = self.tokenizer_2(prompts, padding="max_length", max_length=self.cfg.model.t5_max_length,
+                              truncation=True, return_tensors="pt")
+        embeds = self.text_encoder_2(t5.input_ids.to(device), output_hidden_states=False)[0]
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "attention_mask": t5.attention_mask.to(device)}
+
+    def text_conditioning(self, captions: List[str]) -> Dict[str, torch.Tensor]:
+        """Encode each distinct caption once per run (captions repeat every epoch)."""
+        missing = sorted({c for c in captions if c not in self._text_cache})
+        if missing:
+            encoded = self.encode_prompts(missing)
+            for i, caption in enumerate(missing):
+                self._text_cache[caption] = {k: v[i] for k, v in encoded.items()}
+        return {k: torch.stack([self._text_cache[c][k] for c in captions]) for k in self._text_cache[captions[0]]}
+
+    @torch.no_grad()
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pixels in [-1, 1] → one posterior sample, shifted and scaled as Flux expects."""
+        vae = self.vae
+        latents = vae.encode(pixel_values.to(vae.device, vae.dtype)).latent_dist.sample()
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        return (latents - shift) * vae.config.scaling_factor
+
+    # ---- denoiser ------------------------------------------------------------------------------------------------
+    def predict_velocity(self, noisy: torch.Tensor, sigmas: torch.Tensor, text: Dict[str, torch.Tensor],
+                         guidance: Optional[torch.Tensor] = None) -> torch.Tensor:
+        from diffusers import FluxPipeline
+
+        b, c, h, w = noisy.shape
+        dtype, device = self.weight_dtype, noisy.device
+        packed = FluxPipeline._pack_latents(noisy, b, c, h, w).to(dtype)
+        img_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, device, dtype)
+        txt_ids = torch.zeros(text["prompt_embeds"].shape[1], 3, device=device, dtype=dtype)
+        if guidance is None and self.transformer.config.guidance_embeds:
+            guidance = torch.full((b,), self.cfg.model.guidance_value, device=device, dtype=torch.float32)
+        out = self.transformer(
+            hidden_states=packed,
+            timestep=sigmas.to(dtype),
+            guidance=guidance,
+            pooled_projections=text["pooled_prompt_embeds"].to(dtype),
+            encoder_hidden_states=text["prompt_embeds"].to(dtype),
+            txt_ids=txt_ids,
+            img_ids=img_ids,
+            return_dict=False,
+        )[0]
+        return FluxPipeline._unpack_latents(out, h * self.vae_scale_factor, w * self.vae_scale_factor,
+                                            self.vae_scale_factor)
+
+    def flow_matching_loss(self, latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor,
+                           text: Dict[str, torch.Tensor]) -> torch.Tensor:
+        s = sigmas.view(-1, 1, 1, 1).to(latents.dtype)
+        noisy = (1 - s) * latents + s * noise
+        prediction = self.predict_velocity(noisy, sigmas, text)
+        return F.mse_loss(prediction.float(), (noise - latents).float())
+
+    def training_loss(self, batch) -> torch.Tensor:
+        latents = batch["latents"] if "latents" in batch else self.encode_images(batch["pixel_values"])
+        latents = latents.float()  # noise and target in fp32 whatever the VAE dtype
+        text = batch if "prompt_embeds" in batch else self.text_conditioning(batch["captions"])
+        b, _, h, w = latents.shape
+        sigmas = sample_sigmas(b, self.cfg.train, (h // 2) * (w // 2), self.scheduler_config, latents.device)
+        return self.flow_matching_loss(latents, torch.randn_like(latents), sigmas, text)
+
+    # ---- export --------------------------------------------------------------------------------------------------
+    def save_adapter(self, directory: Path) -> None:
+        from diffusers import FluxPipeline
+
+        FluxPipeline.save_lora_weights(
+            directory,
+            transformer_lora_layers=self.adapter_state_dict(),
+            transformer_lora_adapter_metadata=adapter_metadata(self.transformer, self.cfg.adapter),
+        )

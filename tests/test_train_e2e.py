@@ -1,0 +1,146 @@
+"""End to end on CPU: the issue's exact command line, the saved LoRA in diffusers, resume, and bad input."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import compose
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "simpletuner_pl", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def lora_tensors(pipe):
+    from peft.utils import get_peft_model_state_dict
+
+    (adapter,) = pipe.transformer.peft_config  # diffusers names it default_0
+    return get_peft_model_state_dict(pipe.transformer, adapter_name=adapter)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_flux_dir, tmp_path_factory):
+    """The issue's command, verbatim but for the paths."""
+    import shutil
+
+    from conftest import DEMO_DIR
+
+    images = tmp_path_factory.mktemp("images")
+    for image in DEMO_DIR.glob("*.jpg"):
+        shutil.copy(image, images / image.name)
+    out = tmp_path_factory.mktemp("run")
+    result = cli(
+        "model=flux", f"model.pretrained_model_name_or_path={tiny_flux_dir}", "data=local",
+        f"data.datasets.main.instance_data_dir={images}", "data.datasets.main.resolution=64", "train.max_steps=20",
+        "train.batch_size=1", "adapter.rank=4", "optimizer.lr=1e-3", "validation=off", "trainer.accelerator=cpu",
+        f"output_dir={out}",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out
+
+
+def test_command_writes_the_output_layout(trained):
+    assert (trained / ".hydra" / "config.yaml").is_file()
+    assert (trained / "checkpoints" / "last.ckpt").is_file()
+    assert (trained / "adapter" / "pytorch_lora_weights.safetensors").is_file()
+    metrics = (trained / "metrics.csv").read_text().splitlines()
+    header = metrics[0].split(",")
+    assert {"train/loss", "lr", "step"} <= set(header)
+    losses = [float(row.split(",")[header.index("train/loss")]) for row in metrics[1:]
+              if row.split(",")[header.index("train/loss")]]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
+    ckpt = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 20
+    assert ckpt["state_dict"] and all(".lora_" in k for k in ckpt["state_dict"])  # adapter only, not the base
+
+
+def test_saved_lora_loads_into_a_fresh_pipeline_and_changes_its_output(trained, tiny_flux_dir):
+    from diffusers import FluxPipeline
+
+    saved = load_file(trained / "adapter" / "pytorch_lora_weights.safetensors")
+    assert all(k.startswith("transformer.") and (".lora_A." in k or ".lora_B." in k) for k in saved)
+    assert any(v.abs().sum() > 0 for k, v in saved.items() if ".lora_B." in k)  # B starts at zero; it was trained
+
+    def render(pipe):
+        return pipe("a photo of a cat", height=64, width=64, num_inference_steps=2, guidance_scale=3.5,
+                    max_sequence_length=64, generator=torch.Generator().manual_seed(0), output_type="pt").images
+
+    pipe = FluxPipeline.from_pretrained(tiny_flux_dir)
+    before = render(pipe)
+    pipe.load_lora_weights(trained / "adapter")
+    loaded = lora_tensors(pipe)
+    assert set(loaded) == {k.removeprefix("transformer.") for k in saved}  # no missing, no unexpected keys
+    for key, value in loaded.items():
+        torch.testing.assert_close(value, saved["transformer." + key].to(value.dtype))
+    assert (render(pipe) - before).abs().max() > 1e-4
+
+
+def test_resume_continues_at_the_saved_step(tmp_path, images_dir):
+    from simpletuner_pl.train import run
+
+    args = ["experiment=demo", "data=local", f"data.datasets.main.instance_data_dir={images_dir}",
+            "data.datasets.main.resolution=64", "train.checkpoint_every_n_steps=3", "train.log_every_n_steps=1",
+            f"output_dir={tmp_path}",
+            "trainer.accelerator=cpu"]
+    first = run(compose(*args, "train.max_steps=6"))
+    assert first.global_step == 6
+    adapter_at_6 = load_file(tmp_path / "adapter" / "pytorch_lora_weights.safetensors")
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt")) == ["last.ckpt", "step=3.ckpt",
+                                                                              "step=6.ckpt"]
+    resumed = run(compose(*args, "train.max_steps=9"))
+    assert resumed.global_step == 9
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    step_column = rows[0].split(",").index("step")
+    logged_steps = [int(row.split(",")[step_column]) for row in rows[1:]]
+    assert logged_steps == list(range(9))  # the first run's rows survive the resume, none repeated
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 9
+    # The resumed run started from the step-6 adapter, not from a fresh one: its step-9 weights differ from
+    # a from-scratch 3-step run with the same seed.
+    fresh = run(compose(*args, "train.max_steps=3", f"output_dir={tmp_path / 'fresh'}"))
+    assert fresh.global_step == 3
+    resumed_adapter = load_file(tmp_path / "adapter" / "pytorch_lora_weights.safetensors")
+    fresh_adapter = load_file(tmp_path / "fresh" / "adapter" / "pytorch_lora_weights.safetensors")
+    key = next(k for k in resumed_adapter if ".lora_B." in k)
+    assert not torch.equal(resumed_adapter[key], fresh_adapter[key])
+    assert not torch.equal(resumed_adapter[key], adapter_at_6[key])
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["data.datasets.main.instance_data_dir=/nonexistent/images"], "does not exist"),
+        (["data.datasets.main.instance_data_dir={empty}"], "no images"),
+        (["model=flux", "model.pretrained_model_name_or_path=/nonexistent/model"], "does not exist"),
+        (["model=flux", "model.pretrained_model_name_or_path=black-forest-labs/FLUX.1-dev"], "hf download"),
+        (["model=flux", "model.pretrained_model_name_or_path={images}"], "model_index.json"),
+        (["train.batch_size=9"], "larger than the dataset"),
+        (["adapter.target=everything"], "valid choices: mmdit, all, all+ffs"),
+        (["train.flow_schedule_shift=3", "train.flow_schedule_auto_shift=true"], "auto-shift"),
+        (["trainer.max_stepz=3"], "unknown lightning.Trainer argument"),
+    ],
+)
+def test_bad_input_fails_fast_with_a_clear_message(overrides, message, images_dir, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = [o.format(empty=empty, images=images_dir) for o in overrides]
+    result = cli("experiment=demo", "data=local", f"data.datasets.main.instance_data_dir={images_dir}",
+                 f"output_dir={tmp_path / 'out'}", "trainer.accelerator=cpu", *args)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_unknown_key_is_rejected_by_hydra(tmp_path):
+    result = cli("experiment=demo", "train.batch_sise=2", f"output_dir={tmp_path}")
+    assert result.returncode != 0
+    assert "batch_sise" in result.stderr
