@@ -42,24 +42,12 @@ def checkpoint_step(ckpt_path: Optional[str]) -> Optional[int]:
 
 def build_trainer(cfg, output_dir: Path, resume_step: Optional[int] = None):
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 
-    from simpletuner_pl.callbacks.checkpointing import AdapterExport, AtomicCheckpointIO, FinalCheckpoint
+    from simpletuner_pl.callbacks import build_callbacks
+    from simpletuner_pl.callbacks.checkpointing import AtomicCheckpointIO
     from simpletuner_pl.callbacks.metrics_log import MetricsCSVLogger
 
     train = cfg.train
-    checkpoint_dir = output_dir / "checkpoints"
-    callbacks = [
-        ModelCheckpoint(
-            dirpath=checkpoint_dir, filename="step={step}", auto_insert_metric_name=False,
-            every_n_train_steps=train.checkpoint_every_n_steps, save_last=True,
-            save_top_k=train.checkpoints_total_limit if train.checkpoints_total_limit is not None else -1,
-            monitor="step", mode="max",
-        ),
-        FinalCheckpoint(checkpoint_dir),
-        AdapterExport(output_dir, train.adapter_every_n_steps or train.checkpoint_every_n_steps),
-        RichProgressBar(refresh_rate=max(1, min(train.log_every_n_steps, 10))),
-    ]
     kwargs = dict(
         max_steps=train.max_steps,
         max_epochs=-1,
@@ -68,7 +56,7 @@ def build_trainer(cfg, output_dir: Path, resume_step: Optional[int] = None):
         gradient_clip_algorithm="norm",
         precision=PRECISION[train.mixed_precision],
         logger=MetricsCSVLogger(output_dir, resume_step),
-        callbacks=callbacks,
+        callbacks=build_callbacks(cfg, output_dir),
         plugins=[AtomicCheckpointIO()],
         default_root_dir=output_dir,
         log_every_n_steps=train.log_every_n_steps,
@@ -84,14 +72,6 @@ def build_trainer(cfg, output_dir: Path, resume_step: Optional[int] = None):
                           f"valid: {', '.join(sorted(valid))}")
     kwargs.update(overrides)
     return L.Trainer(**kwargs)
-
-
-def build_module(cfg):
-    from simpletuner_pl.models.flux import FluxModule
-    from simpletuner_pl.models.loading import DTYPES, load_flux_components
-
-    components = load_flux_components(cfg.model, DTYPES[cfg.quant.base_model_default_dtype])
-    return FluxModule(cfg, components)
 
 
 def run(cfg):
@@ -112,6 +92,7 @@ def run(cfg):
     import lightning as L
 
     from simpletuner_pl.data.datamodule import FolderDataModule
+    from simpletuner_pl.models import build_module
 
     output_dir.mkdir(parents=True, exist_ok=True)
     composed = output_dir / ".hydra" / "config.yaml"

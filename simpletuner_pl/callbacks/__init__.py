@@ -1,0 +1,26 @@
+"""The callbacks of a run, chosen from its config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List
+
+
+def build_callbacks(cfg, output_dir: Path) -> List:
+    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+
+    from simpletuner_pl.callbacks.checkpointing import AdapterExport, FinalCheckpoint
+
+    train = cfg.train
+    checkpoint_dir = output_dir / "checkpoints"
+    return [
+        ModelCheckpoint(
+            dirpath=checkpoint_dir, filename="step={step}", auto_insert_metric_name=False,
+            every_n_train_steps=train.checkpoint_every_n_steps, save_last=True,
+            save_top_k=train.checkpoints_total_limit if train.checkpoints_total_limit is not None else -1,
+            monitor="step", mode="max",
+        ),
+        FinalCheckpoint(checkpoint_dir),
+        AdapterExport(output_dir, train.adapter_every_n_steps or train.checkpoint_every_n_steps),
+        RichProgressBar(refresh_rate=max(1, min(train.log_every_n_steps, 10))),
+    ]
