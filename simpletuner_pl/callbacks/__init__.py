@@ -10,6 +10,7 @@ def build_callbacks(cfg, output_dir: Path) -> List:
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 
     from simpletuner_pl.callbacks.checkpointing import AdapterExport, FinalCheckpoint
+    from simpletuner_pl.callbacks.timing import StepTimer
 
     train = cfg.train
     checkpoint_dir = output_dir / "checkpoints"
@@ -23,4 +24,5 @@ def build_callbacks(cfg, output_dir: Path) -> List:
         FinalCheckpoint(checkpoint_dir),
         AdapterExport(output_dir, train.adapter_every_n_steps or train.checkpoint_every_n_steps),
         RichProgressBar(refresh_rate=max(1, min(train.log_every_n_steps, 10))),
+        StepTimer(output_dir),
     ]
