@@ -162,6 +162,12 @@ def validate(cfg: Any) -> None:
             "model.flavour=schnell is timestep-distilled and needs train.flow_sigma_sampling=fast "
             "(model=flux_schnell sets it); pass train.flow_sigma_sampling=fast."
         )
+    if cfg.adapter.init == "loftq":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("adapter.init=loftq needs a CUDA GPU (PEFT's LoftQ quantises with bitsandbytes on CUDA); "
+                              "use adapter.init=default|gaussian|pissa|olora on this machine")
     if cfg.validation.enabled:
         raise ConfigError("validation.enabled=true: validation image callbacks are not available in this version; "
                           "use validation=off.")
