@@ -7,9 +7,10 @@ from typing import List
 
 
 def build_callbacks(cfg, output_dir: Path) -> List:
-    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
     from simpletuner_pl.callbacks.checkpointing import AdapterExport, FinalCheckpoint
+    from simpletuner_pl.callbacks.progress import StepProgressBar
     from simpletuner_pl.callbacks.timing import StepTimer
 
     train = cfg.train
@@ -23,6 +24,6 @@ def build_callbacks(cfg, output_dir: Path) -> List:
         ),
         FinalCheckpoint(checkpoint_dir),
         AdapterExport(output_dir, train.adapter_every_n_steps or train.checkpoint_every_n_steps),
-        RichProgressBar(refresh_rate=max(1, min(train.log_every_n_steps, 10))),
+        StepProgressBar(refresh_rate=max(1, min(train.log_every_n_steps, 10))),
         StepTimer(output_dir),
     ]
