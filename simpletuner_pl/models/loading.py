@@ -85,14 +85,16 @@ def _check_hub(source: Source, relative: str, revision: Optional[str]) -> None:
         ) from None
     except RevisionNotFoundError:
         raise ModelSourceError(f"{repo} has no revision {revision!r} (model.revision)") from None
-    except EntryNotFoundError:
-        raise ModelSourceError(f"hub repo {repo} has no {relative}: check the subfolder override for the {source.what}") from None
-    except (LocalEntryNotFoundError, OSError) as err:
+    except LocalEntryNotFoundError as err:  # a subclass of EntryNotFoundError: catch it first
         raise ModelSourceError(
             f"cannot reach the Hugging Face Hub for {repo} ({type(err).__name__}; offline or HF_HUB_OFFLINE=1) and it "
             f"is not in the local cache. Run `hf download {repo}` on a connected machine (after `hf auth login` for "
             "gated models such as FLUX.1), or pass a local folder as model.pretrained_model_name_or_path."
         ) from None
+    except EntryNotFoundError:
+        raise ModelSourceError(f"hub repo {repo} has no {relative}: check the subfolder override for the {source.what}") from None
+    except OSError as err:  # network failures surface as OSError subclasses
+        raise ModelSourceError(f"cannot reach the Hugging Face Hub for {repo} ({err}); pass a local folder instead") from None
 
 
 def check_model_sources(model_cfg) -> None:
