@@ -76,7 +76,7 @@ def build_trainer(cfg, output_dir: Path, resume_step: Optional[int] = None):
 
 def run(cfg):
     """Train as configured; returns the fitted `lightning.Trainer` (its module holds the trained adapter)."""
-    from simpletuner_pl.data.datamodule import discover_all
+    from simpletuner_pl.data.catalog import discover_all
     from simpletuner_pl.models.loading import check_model_sources
 
     from omegaconf import DictConfig
@@ -85,13 +85,13 @@ def run(cfg):
     cfg = OmegaConf.to_object(composed_cfg)  # typed dataclasses from here on (methods, no interpolation)
     validate(cfg)
     output_dir = Path(cfg.output_dir)
-    records = discover_all(cfg.data, cfg.train.batch_size)
+    catalog = discover_all(cfg)  # every data error surfaces here, before any model source is touched
     check_model_sources(cfg.model)
     ckpt_path = resolve_resume(cfg.train.resume, output_dir / "checkpoints")
 
     import lightning as L
 
-    from simpletuner_pl.data.datamodule import FolderDataModule
+    from simpletuner_pl.data.datamodule import AspectBucketDataModule
     from simpletuner_pl.models import build_module
 
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -102,7 +102,7 @@ def run(cfg):
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     trainer = build_trainer(cfg, output_dir, checkpoint_step(ckpt_path))
     module = build_module(cfg)
-    datamodule = FolderDataModule(cfg.data, cfg.train.batch_size, records)
+    datamodule = AspectBucketDataModule(cfg, catalog, output_dir)
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)

@@ -56,6 +56,31 @@ class FluxModule(DiffusionModule):
                 self._text_cache[caption] = {k: v[i] for k, v in encoded.items()}
         return {k: torch.stack([self._text_cache[c][k] for c in captions]) for k in self._text_cache[captions[0]]}
 
+    def cache_identity(self) -> Dict[str, str]:
+        """Strings that change whenever the VAE or the text encoders would encode differently (class, config,
+        dtype, quantisation, a fingerprint of the weights); the data caches key their entries on them."""
+        import hashlib
+        import json
+
+        def describe(*names: str) -> str:
+            parts = []
+            for name in names:
+                component = getattr(self, name)
+                config = getattr(component, "config", {})
+                config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+                tensors = [t for t in component.state_dict().values() if torch.is_tensor(t) and t.is_floating_point()]
+                digest = hashlib.sha256()
+                for tensor in tensors[:2] + tensors[-2:]:
+                    digest.update(tensor.detach().flatten()[:4096].float().cpu().numpy().tobytes())
+                parts.append(f"{type(component).__name__}:{next(component.parameters()).dtype}:"
+                             f"{json.dumps(config, sort_keys=True, default=str)}:{digest.hexdigest()}")
+            return "|".join(parts)
+
+        quant = self.cfg.quant
+        text = f"{describe('text_encoder', 'text_encoder_2')}|{quant.text_encoder_1_precision}|" \
+               f"{quant.text_encoder_2_precision}|{len(self.tokenizer)}|{len(self.tokenizer_2)}"
+        return {"vae": describe("vae"), "text": text}
+
     @torch.no_grad()
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Pixels in [-1, 1] → one posterior sample, shifted and scaled as Flux expects."""
