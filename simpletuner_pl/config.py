@@ -22,17 +22,22 @@ def choice(default: Any, *choices: Any) -> Any:
 
 FLUX_FLAVOURS = ("krea", "dev", "schnell", "tiny")
 FLUX_LORA_TARGETS = ("mmdit", "all", "all+ffs", "context", "context+ffs", "tiny", "nano")
+SDXL_FLAVOURS = ("base-1.0", "tiny")
+FLAVOURS = {"flux": FLUX_FLAVOURS, "sdxl": SDXL_FLAVOURS}
 
 
 @dataclass
 class ModelConfig:
-    family: str = choice("flux", "flux")
-    flavour: str = choice("krea", *FLUX_FLAVOURS)
+    family: str = choice("flux", "flux", "sdxl")
+    flavour: str = choice("krea", *FLUX_FLAVOURS, "base-1.0")  # per family: FLAVOURS
     pretrained_model_name_or_path: Optional[str] = "black-forest-labs/FLUX.1-Krea-dev"
     pretrained_transformer_model_name_or_path: Optional[str] = None
     pretrained_transformer_subfolder: Optional[str] = "transformer"
     pretrained_vae_model_name_or_path: Optional[str] = None
     pretrained_vae_subfolder: Optional[str] = "vae"
+    pretrained_unet_model_name_or_path: Optional[str] = None  # SDXL: UNet from another repo or folder
+    pretrained_unet_subfolder: Optional[str] = "unet"
+    prediction_type: Optional[str] = choice(None, None, "epsilon", "v_prediction")  # SDXL; null = scheduler config
     revision: Optional[str] = None
     guidance_value: float = 1.0
     t5_max_length: int = 512
@@ -49,14 +54,15 @@ class QuantConfig:
 
 @dataclass
 class AdapterConfig:
-    type: str = choice("lora", "lora")
+    type: str = choice("lora", "lora", "full")
     rank: int = 16
     alpha: Optional[float] = None  # None = rank, as in SimpleTuner
     dropout: float = 0.1
-    target: str = choice("all", *FLUX_LORA_TARGETS)
+    target: Optional[str] = None  # null = family default; Flux: a preset, SDXL: comma-separated module names
     init: str = choice("default", "default", "gaussian", "olora", "pissa", "loftq")
     use_dora: bool = False
     init_lora: Optional[str] = None
+    export_format: str = choice("diffusers", "diffusers", "kohya")  # kohya: also write lora_unet_* with .alpha
 
 
 @dataclass
@@ -92,11 +98,36 @@ class TrainConfig:
     flow_schedule_shift: Optional[float] = None  # None = no shift (SimpleTuner's code default is 3.0)
     flow_schedule_auto_shift: bool = False
     log_every_n_steps: int = 10
+    # SDXL (DDPM) objectives
+    snr_gamma: Optional[float] = None  # min-SNR-γ loss weighting (5.0 is typical); null = off
+    noise_offset: float = 0.0  # offset-noise strength; 0 = off (SimpleTuner: 0.1 with --offset_noise)
+    noise_offset_probability: float = 0.25
+    diff2flow: bool = False  # flow-matching objective on the ε/v UNet (simpletuner_pl.losses)
 
 
 @dataclass
 class ValidationConfig:
     enabled: bool = False
+
+
+@dataclass
+class TrainerConfig:
+    """`lightning.Trainer` arguments users set per run; null = Lightning's default. Steps, accumulation, clipping
+    and precision come from `train.*` so each setting has one home."""
+
+    accelerator: str = "auto"
+    strategy: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    precision: Optional[str] = None  # null = from train.mixed_precision
+    deterministic: Optional[bool] = None
+    benchmark: Optional[bool] = None
+    max_time: Optional[str] = None  # "DD:HH:MM:SS"
+    profiler: Optional[str] = None  # simple | advanced | pytorch
+    detect_anomaly: bool = False
+    limit_train_batches: Optional[float] = None
+    use_distributed_sampler: Optional[bool] = None
+    sync_batchnorm: bool = False
 
 
 @dataclass
@@ -108,7 +139,7 @@ class RunConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
-    trainer: Dict[str, Any] = field(default_factory=dict)  # passed through to lightning.Trainer
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
     output_dir: str = "outputs/${now:%Y-%m-%d_%H-%M-%S}"
     seed: int = 42
 
@@ -132,9 +163,58 @@ def _check_choices(node: Any, schema: Any, path: str) -> None:
             _check_choices(value, type(default_type), key)
 
 
+def _check_family(cfg: Any) -> None:
+    """Options whose meaning depends on the model family (flavours, LoRA targets, DDPM-only objectives)."""
+    model, adapter, train = cfg.model, cfg.adapter, cfg.train
+    if model.flavour not in FLAVOURS[model.family]:
+        raise ConfigError(f"model.flavour={model.flavour!r} is not a {model.family} flavour; valid choices: "
+                          f"{', '.join(FLAVOURS[model.family])} (or pick another model=<group>)")
+    if model.family == "flux":
+        if adapter.target is not None and adapter.target not in FLUX_LORA_TARGETS:
+            raise ConfigError(f"adapter.target={adapter.target!r} is not a valid choice; valid choices: "
+                              f"{', '.join(FLUX_LORA_TARGETS)}")
+        sdxl_only = {"model.prediction_type": model.prediction_type is not None,
+                     "model.pretrained_unet_model_name_or_path": model.pretrained_unet_model_name_or_path is not None,
+                     "train.snr_gamma": train.snr_gamma is not None, "train.noise_offset": train.noise_offset != 0,
+                     "train.diff2flow": train.diff2flow, "adapter.export_format=kohya": adapter.export_format == "kohya"}
+        used = [key for key, is_set in sdxl_only.items() if is_set]
+        if used:
+            raise ConfigError(f"{', '.join(used)}: SDXL-only (DDPM UNet) option(s); Flux is a flow-matching "
+                              "transformer whose LoRA loads in ComfyUI as saved. Remove them or use model=sdxl.")
+        return
+    if adapter.target in FLUX_LORA_TARGETS:
+        raise ConfigError(f"adapter.target={adapter.target} is a Flux preset; for SDXL use null (the default: "
+                          "to_k,to_q,to_v,to_out.0) or a comma-separated list of UNet module names")
+    if model.pretrained_transformer_model_name_or_path:
+        raise ConfigError("model.pretrained_transformer_model_name_or_path is for Flux; SDXL's denoiser is a UNet: "
+                          "set model.pretrained_unet_model_name_or_path (and model.pretrained_unet_subfolder)")
+    if train.snr_gamma is not None and train.snr_gamma <= 0:
+        raise ConfigError("train.snr_gamma must be > 0 (5.0 is typical) or null for no min-SNR weighting")
+    if train.diff2flow and train.snr_gamma is not None:
+        raise ConfigError("train.diff2flow=true trains on flow velocity, which min-SNR weights do not apply to; "
+                          "set train.snr_gamma=null or train.diff2flow=false")
+    if train.noise_offset < 0 or not 0 <= train.noise_offset_probability <= 1:
+        raise ConfigError("train.noise_offset must be >= 0 and train.noise_offset_probability in [0, 1]")
+
+
+def _check_adapter_type(cfg: Any) -> None:
+    adapter = cfg.adapter
+    if adapter.type != "full":
+        return
+    if cfg.quant.base_model_precision != "no_change":
+        raise ConfigError(f"adapter=full trains every weight of the denoiser, which cannot be quantised "
+                          f"(quant.base_model_precision={cfg.quant.base_model_precision}); use quant=none, "
+                          "or adapter=lora to train on a quantised base")
+    if adapter.export_format != "diffusers":
+        raise ConfigError("adapter.export_format=kohya exports LoRA weights; adapter=full saves the whole denoiser "
+                          "as a diffusers folder (adapter/<unet|transformer>/). Remove adapter.export_format.")
+
+
 def validate(cfg: Any) -> None:
     """Reject invalid values and option combinations with an actionable message, before any heavy work."""
     _check_choices(cfg, RunConfig, "")
+    _check_family(cfg)
+    _check_adapter_type(cfg)
     cfg.data.validate(batch_size=cfg.train.batch_size)
     if cfg.train.batch_size < 1:
         raise ConfigError("train.batch_size must be >= 1")
