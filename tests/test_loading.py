@@ -57,3 +57,25 @@ def test_bad_override_sources_are_named(override, message, tiny_flux_dir, tmp_pa
                 override.format(base=tmp_path), "model.pretrained_transformer_subfolder=transformer")
     with pytest.raises(ModelSourceError, match=message):
         check_model_sources(cfg.model)
+
+
+@pytest.mark.parametrize("error, message", [
+    ("GatedRepoError", "is gated: accept its license at https://huggingface.co/black-forest-labs/FLUX.1-dev"),
+    ("RepositoryNotFoundError", "neither a local folder nor a hub repo you can see"),
+    ("RevisionNotFoundError", "has no revision"),
+])
+def test_hub_answers_become_instructions(error, message, monkeypatch):
+    """What the hub answers for gated/missing repos (no network here, so the answer is simulated)."""
+    import httpx2
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    response = httpx2.Response(403, request=httpx2.Request("GET", "https://huggingface.co/api"))
+
+    def refuse(*args, **kwargs):
+        raise getattr(errors, error)("refused", response=response)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
+    cfg = typed("model=flux_dev")
+    with pytest.raises(ModelSourceError, match=message):
+        check_model_sources(cfg.model)
