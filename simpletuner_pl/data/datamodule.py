@@ -35,6 +35,21 @@ def _identity(item):
     return item
 
 
+class ResumableLoader(DataLoader):
+    """A DataLoader Lightning recognises as resumable: its state is the datamodule's (the batch position)."""
+
+    def __init__(self, *args, datamodule: "AspectBucketDataModule", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.datamodule = datamodule
+
+    def state_dict(self) -> dict:
+        return self.datamodule.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.datamodule.load_state_dict(state)
+        self.sampler.set_start(*self.datamodule.start)
+
+
 class AspectBucketDataModule(L.LightningDataModule):
     def __init__(self, cfg, catalog: Dict[str, DatasetIndex], output_dir: str | os.PathLike):
         super().__init__()
@@ -172,9 +187,10 @@ class AspectBucketDataModule(L.LightningDataModule):
         self.sampler.set_start(*self.start)
         dataset = BatchDataset(self.samples, specs, self.latent_keys, self.text, self.cfg.seed)
         workers = data.num_workers
-        return DataLoader(dataset, batch_size=None, sampler=self.sampler, num_workers=workers,
-                          collate_fn=_identity, pin_memory=torch.cuda.is_available(),
-                          persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+        return ResumableLoader(dataset, batch_size=None, sampler=self.sampler, num_workers=workers,
+                               collate_fn=_identity, pin_memory=torch.cuda.is_available(),
+                               persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
+                               datamodule=self)
 
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         epoch, position = batch.pop("_position")
