@@ -115,6 +115,7 @@ def test_filters():
     (dict(crop=True, crop_aspect="closest"), "crop_aspect_buckets"),
     (dict(repeats=-1), "repeats must be >= 0"),
     (dict(vae_cache_disable=True, vae_cache_ondemand=True), "exclude each other"),
+    (dict(probability=0.0), "every enabled dataset has probability 0"),
 ])
 def test_config_errors_say_what_to_change(overrides, message):
     cfg = DataConfig(datasets={"main": ds(**overrides)})

@@ -138,6 +138,7 @@ def test_everything_filtered_names_the_filters(tmp_path):
     assert "no images detected in dataset main" in message and "all 6 image files" in message
     assert "3 too small" in message and "1 truncated or corrupt image data" in message
     assert "1 zero-byte file" in message and "1 not an image" in message
+    assert "lower data.datasets.main.minimum_image_size (now 512, in pixel_area units)" in message
 
 
 def test_too_small_for_the_batch_names_the_repeats(tmp_path, caplog):

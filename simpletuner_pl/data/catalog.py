@@ -153,8 +153,15 @@ def _report_skipped(name: str, index: DatasetIndex, total: int) -> None:
     if not index.samples:
         reasons = Counter(e["reason"].split(" (")[0].split(":")[0] for e in index.skipped)
         summary = ", ".join(f"{n} {r}" for r, n in reasons.most_common())
+        ds = index.config
+        hints = {"too small": f"lower data.datasets.{name}.minimum_image_size (now {ds.minimum_image_size or 0:g}, in "
+                              f"{ds.resolution_type} units)",
+                 "aspect out of range": f"widen data.datasets.{name}.minimum_aspect_ratio/maximum_aspect_ratio",
+                 "no caption": f"check data.datasets.{name}.caption_strategy={ds.caption_strategy} and the captions"}
+        fixes = "; ".join(hints[r] for r in reasons if r in hints)
         raise DataError(f"no images detected in dataset {name}: all {total} image files under {index.root} were "
-                        f"filtered out ({summary}); e.g. {index.skipped[0]['path']}: {index.skipped[0]['reason']}")
+                        f"filtered out ({summary}); e.g. {index.skipped[0]['path']}: {index.skipped[0]['reason']}"
+                        + (f". To keep them: {fixes}" if fixes else ""))
 
 
 def discover_all(cfg) -> Dict[str, DatasetIndex]:

@@ -105,6 +105,9 @@ class DataConfig:
             raise ConfigError("data.vae_batch_size and data.text_embeds.write_batch_size must be >= 1")
         if self.num_workers < 0:
             raise ConfigError("data.num_workers must be >= 0")
+        if not any(ds.probability > 0 for ds in self.enabled().values()):
+            raise ConfigError("every enabled dataset has probability 0: give at least one "
+                              "data.datasets.<id>.probability > 0")
         for name, ds in self.enabled().items():
             _check_choices(ds, DatasetConfig, f"data.datasets.{name}")
             _validate_dataset(f"data.datasets.{name}", ds, ConfigError)

@@ -64,7 +64,8 @@ def encode_latents(module, jobs: Sequence[Job], cache: TensorCache, batch_size: 
             if pixels is None:
                 continue
             latents = module.encode_images(normalise(pixels)).to("cpu")
-            pending += [writer.submit(cache.save, key, {"latents": latent.clone()}) for key, latent in zip(keys, latents)]
+            pending += [writer.submit(cache.save, key, {"latents": latent.clone()})
+                        for key, latent in zip(keys, latents)]
             done += len(keys)
             if time.perf_counter() - last_log > 10:
                 last_log = time.perf_counter()
