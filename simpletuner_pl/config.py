@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, Dict, List, Optional
 
+from simpletuner_pl.callbacks.config import EvalConfig, ValidationConfig, check_validation_config
 from simpletuner_pl.data.config import DataConfig
 from simpletuner_pl.errors import ConfigError
 
@@ -106,11 +107,6 @@ class TrainConfig:
 
 
 @dataclass
-class ValidationConfig:
-    enabled: bool = False
-
-
-@dataclass
 class TrainerConfig:
     """`lightning.Trainer` arguments users set per run; null = Lightning's default. Steps, accumulation, clipping
     and precision come from `train.*` so each setting has one home."""
@@ -139,6 +135,7 @@ class RunConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     output_dir: str = "outputs/${now:%Y-%m-%d_%H-%M-%S}"
     seed: int = 42
@@ -248,9 +245,7 @@ def validate(cfg: Any) -> None:
         if not torch.cuda.is_available():
             raise ConfigError("adapter.init=loftq needs a CUDA GPU (PEFT's LoftQ quantises with bitsandbytes on CUDA); "
                               "use adapter.init=default|gaussian|pissa|olora on this machine")
-    if cfg.validation.enabled:
-        raise ConfigError("validation.enabled=true: validation image callbacks are not available in this version; "
-                          "use validation=off.")
+    check_validation_config(cfg)
     resume = cfg.train.resume
     if resume not in (None, "latest") and not str(resume).endswith(".ckpt"):
         raise ConfigError(f"train.resume={resume!r}: use null, 'latest' or the path of a .ckpt file")

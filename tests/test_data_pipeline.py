@@ -170,3 +170,16 @@ def test_image_that_fails_to_decode_is_dropped_and_reported(folder, tmp_path, mo
     assert len(dm.samples) == 3 and len(list(dm.train_dataloader())) == 3
     skipped = json.loads((tmp_path / "out" / "data" / "buckets.json").read_text())["main"]["skipped"]
     assert [Path(s["path"]).name for s in skipped] == ["garbled.jpg"] and "cannot decode" in skipped[0]["reason"]
+
+
+def test_unreadable_cache_entry_is_encoded_again(folder, tmp_path, module):
+    cfg = config(folder, tmp_path / "cache")
+    dm = datamodule(cfg, tmp_path)
+    dm.build_caches(module)
+    vae = TensorCache(cfg.data.vae_cache_dir("main"))
+    for key in vae.keys():
+        vae.path(key).write_bytes(b"not safetensors")  # e.g. a copy interrupted by a full disk
+    batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    assert batch["latents"].shape[1] == 16
+    rewritten = [k for k in vae.keys() if vae.path(k).stat().st_size > 100]
+    assert len(rewritten) == 1 and vae.load(rewritten[0])["latents"].shape == batch["latents"].shape[1:]

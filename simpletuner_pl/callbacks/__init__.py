@@ -10,6 +10,7 @@ def build_callbacks(cfg, output_dir: Path) -> List:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from simpletuner_pl.callbacks.checkpointing import AdapterExport, FinalCheckpoint
+    from simpletuner_pl.callbacks.evaluation import evaluation_callbacks
     from simpletuner_pl.callbacks.progress import StepProgressBar
     from simpletuner_pl.callbacks.timing import StepTimer
 
@@ -26,4 +27,4 @@ def build_callbacks(cfg, output_dir: Path) -> List:
         AdapterExport(output_dir, train.adapter_every_n_steps or train.checkpoint_every_n_steps),
         StepProgressBar(refresh_rate=max(1, min(train.log_every_n_steps, 10))),
         StepTimer(output_dir),
-    ]
+    ] + evaluation_callbacks(cfg, output_dir)

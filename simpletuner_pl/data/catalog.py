@@ -113,7 +113,7 @@ def expected_world_size(trainer_cfg) -> int:
     return max(1, count) * max(1, nodes)
 
 
-def index_dataset(name: str, ds, listing: Listing, seed: int) -> DatasetIndex:
+def index_dataset(name: str, ds, listing: Listing) -> DatasetIndex:
     captions_of = caption_source(ds, listing.root, listing.sidecars)
     samples, skipped = [], []
     for info in listing.images:
@@ -128,7 +128,7 @@ def index_dataset(name: str, ds, listing: Listing, seed: int) -> DatasetIndex:
             skipped.append({"path": path, "reason": reason})
             continue
         identity = f"{path}|{info.mtime_ns}|{info.size}"
-        geometry = plan_geometry(info.width, info.height, ds, f"{seed}|{identity}")
+        geometry = plan_geometry(info.width, info.height, ds, identity)  # not the run seed: latents stay cached
         samples.append(Sample(name, path, identity, captions, geometry))
     return DatasetIndex(name, ds, listing.root, samples, skipped)
 
@@ -178,7 +178,7 @@ def discover_all(cfg) -> Dict[str, DatasetIndex]:
         if not listing.images:
             raise DataError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found under {key[0]} "
                             f"(data.datasets.{name}.instance_data_dir)")
-        index = index_dataset(name, ds, listing, cfg.seed)
+        index = index_dataset(name, ds, listing)
         _report_skipped(name, index, len(listing.images))
         check_buckets(name, index, effective, batch)
         catalog[name] = index

@@ -58,7 +58,7 @@ class BatchDataset(torch.utils.data.Dataset):
             return None
         try:
             return torch.stack([spec.latents.load(key)["latents"] for key in keys])
-        except FileNotFoundError:
+        except Exception:  # missing or unreadable entry: encode again (on demand) and overwrite it
             return None
 
     def _pixels(self, indices: List[int]) -> tuple:

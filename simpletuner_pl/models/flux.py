@@ -129,6 +129,56 @@ class FluxModule(DiffusionModule):
         sigmas = sample_sigmas(b, self.cfg.train, (h // 2) * (w // 2), self.scheduler_config, latents.device)
         return self.flow_matching_loss(latents, torch.randn_like(latents), sigmas, text)
 
+    # ---- validation / evaluation interface (simpletuner_pl.callbacks) --------------------------------------------
+    preview_decoder = "madebyollin/taef1"  # Tiny AutoEncoder for validation previews
+
+    def validation_pipeline(self):
+        """FluxPipeline over this module's own (adapter-carrying) components: no weight copies; fresh scheduler."""
+        from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+        return FluxPipeline(
+            transformer=self.transformer, vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+            text_encoder_2=self.text_encoder_2, tokenizer_2=self.tokenizer_2,
+            scheduler=FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config),
+        )
+
+    def validation_kwargs(self, validation, adapter_strength: float = 1.0) -> Dict[str, object]:
+        """Pipeline arguments of `validation.*`: embedded guidance, true CFG with the negative prompt when
+        guidance_real > 1, and the LoRA scale of a prompt-library entry."""
+        kwargs = dict(guidance_scale=validation.guidance, max_sequence_length=self.cfg.model.t5_max_length)
+        if validation.guidance_real > 1:
+            kwargs.update(true_cfg_scale=validation.guidance_real, negative_prompt=validation.negative_prompt)
+        if adapter_strength != 1.0:
+            kwargs["joint_attention_kwargs"] = {"scale": adapter_strength}
+        return kwargs
+
+    def preview_latents(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Packed pipeline latents → unscaled VAE latents, which a Tiny AutoEncoder (TAEF1) decodes."""
+        from diffusers import FluxPipeline
+
+        latents = FluxPipeline._unpack_latents(latents, height, width, self.vae_scale_factor)
+        return latents / self.vae.config.scaling_factor + (getattr(self.vae.config, "shift_factor", None) or 0.0)
+
+    def eval_losses(self, batch, num_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(σ grid, loss at each σ): the inference schedule at this resolution (dynamic shift μ), one noise draw
+        shared by every σ. The caller seeds the RNG, so the VAE sample and the noise are the same every time."""
+        import numpy as np
+        from diffusers import FlowMatchEulerDiscreteScheduler
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        latents = (batch["latents"] if "latents" in batch else self.encode_images(batch["pixel_values"])).float()
+        text = batch if "prompt_embeds" in batch else self.text_conditioning(batch["captions"])
+        noise = torch.randn_like(latents)
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
+        c = scheduler.config
+        mu = calculate_shift((latents.shape[2] // 2) * (latents.shape[3] // 2), c.get("base_image_seq_len", 256),
+                             c.get("max_image_seq_len", 4096), c.get("base_shift", 0.5), c.get("max_shift", 1.15))
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / num_timesteps, num_timesteps), mu=mu,
+                                device=latents.device)
+        sigmas = scheduler.sigmas[:-1]  # the trailing 0 is the clean image
+        losses = [self.flow_matching_loss(latents, noise, s.expand(len(latents)), text) for s in sigmas]
+        return sigmas.float().cpu(), torch.stack(losses).float().cpu()
+
     # ---- export --------------------------------------------------------------------------------------------------
     def save_adapter(self, directory: Path) -> None:
         from diffusers import FluxPipeline
