@@ -158,3 +158,27 @@ def test_too_small_for_the_batch_names_the_repeats(tmp_path, caplog):
     assert len(catalog["main"].samples) == 4
     assert "dataset main: bucket(s) 128x64 (1 image)" in caplog.text and "repeats=1 to keep them" in caplog.text
     discover_all(run_config(tmp_path, batch_size=8, main=dataset(root, repeats=7)))  # the advice works
+
+
+def test_quickstart_configs_compose_and_name_the_download(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from simpletuner_pl.cli import compose
+    from simpletuner_pl.config import validate
+
+    monkeypatch.chdir(tmp_path)  # the quickstart's paths are relative to the working directory
+    cfg = OmegaConf.to_object(compose(["data=pseudo_camera", "trainer.accelerator=cpu"]))
+    validate(cfg)
+    reg, subject, small = (cfg.data.datasets[k] for k in
+                           ("pseudo-camera-10k-flux", "dreambooth-subject", "dreambooth-subject-512"))
+    assert (reg.crop, reg.crop_aspect, reg.crop_style, reg.resolution, reg.is_regularisation_data) == (
+        True, "square", "center", 512, True)
+    assert (subject.resolution, subject.repeats, subject.caption_strategy, small.resolution) == (
+        1024, 1000, "instanceprompt", 512)
+    assert cfg.data.text_embeds.cache_dir == "cache/text/flux" and cfg.data.text_embeds.write_batch_size == 128
+    with pytest.raises(DataError, match="huggingface-cli download --repo-type=dataset bghira/pseudo-camera-10k "
+                                        "--local-dir=datasets/pseudo-camera-10k"):
+        discover_all(cfg)
+    dreambooth = OmegaConf.to_object(compose(["data=dreambooth", "trainer.accelerator=cpu"]))
+    validate(dreambooth)
+    assert dreambooth.data.datasets["subject"].repeats == 1000
