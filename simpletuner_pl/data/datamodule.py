@@ -10,10 +10,8 @@ encoders to lend), batches carry `pixel_values` and `captions` for the module to
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -23,9 +21,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from simpletuner_pl.data.cache import TensorCache, latent_key, text_key
-from simpletuner_pl.data.catalog import DatasetIndex, check_buckets, effective_batch, prune
+from simpletuner_pl.data.catalog import DatasetIndex, check_buckets, effective_batch
 from simpletuner_pl.data.dataset import BatchDataset, DatasetSpec, TextSource
 from simpletuner_pl.data.encode import encode_latents, encode_texts, offload
+from simpletuner_pl.data.report import bucket_report, write_json
 from simpletuner_pl.data.sampler import BucketBatchSampler
 
 log = logging.getLogger(__name__)
@@ -91,7 +90,7 @@ class AspectBucketDataModule(L.LightningDataModule):
 
     def build_caches(self, module) -> None:
         """Fill this rank's share of the caches, drop undecodable images everywhere, free the accelerator."""
-        data, (rank, world) = self.cfg.data, self.rank_and_world()
+        data, world = self.cfg.data, self.rank_and_world()[1]
         identity = module.cache_identity()
         self.module, self.vae_identity = module, identity["vae"]
         while True:
@@ -148,34 +147,12 @@ class AspectBucketDataModule(L.LightningDataModule):
                 index.skipped.append({"path": sample.path, "reason": failures[sample.path]})
             index.samples = [s for s in index.samples if s.path not in failures]
 
-    # ---- report ---------------------------------------------------------------------------------------------
-    def report(self) -> dict:
-        rank, world = self.rank_and_world()
-        effective, _ = effective_batch(self.cfg.train, world)
-        steps = self.sampler.steps_per_dataset()
-        out = {}
-        for d, (name, index) in enumerate(self.catalog.items()):
-            ds, (kept, dropped) = index.config, prune(index, effective)
-            too_small = [{"path": index.samples[i].path,
-                          "reason": f"bucket {w}x{h} too small for one batch of {effective}: set "
-                                    f"data.datasets.{name}.repeats={dropped[(w, h)]} to keep it"}
-                         for (w, h), members in index.buckets().items() if (w, h) in dropped for i in members]
-            out[name] = {"buckets": {f"{w}x{h}": len(m) for (w, h), m in kept.items()},
-                         "skipped": index.skipped + too_small,
-                         "images": sum(len(m) for m in kept.values()), "steps_per_epoch": steps[d],
-                         "repeats": ds.repeats, "probability": ds.probability, "resolution": ds.resolution,
-                         "resolution_type": ds.resolution_type, "is_regularisation_data": ds.is_regularisation_data}
-        return out
-
     def write_report(self) -> None:
-        if self.rank_and_world()[0] != 0:
-            return
-        target = self.output_dir / "data" / "buckets.json"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".buckets.", dir=target.parent)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(self.report(), handle, indent=2)
-        os.replace(tmp, target)
+        rank, world = self.rank_and_world()
+        if rank == 0:
+            report = bucket_report(self.catalog, self.sampler.steps_per_dataset(),
+                                   effective_batch(self.cfg.train, world)[0])
+            write_json(self.output_dir / "data" / "buckets.json", report)
 
     # ---- batches --------------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
