@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -106,6 +107,7 @@ class ClipScore(L.Callback):
 
     def on_validation_images(self, trainer: L.Trainer, module: L.LightningModule, step: int,
                              samples: List[Dict]) -> None:
+        started = time.perf_counter()
         if self.encoder is None:
             self.encoder = load_encoder(self.spec)
             self.encoder[0].requires_grad_(False).eval()
@@ -116,6 +118,7 @@ class ClipScore(L.Callback):
             model.to("cpu")  # off the accelerator between rounds
         log_metrics(trainer, {"eval/clip_score": scores.mean().item(), "eval/clip_score_min": scores.min().item(),
                               "eval/clip_score_max": scores.max().item(),
-                              "eval/clip_score_std": scores.std(unbiased=False).item()}, step)
+                              "eval/clip_score_std": scores.std(unbiased=False).item(),
+                              "eval/clip_score_seconds": time.perf_counter() - started}, step)
         per_image = {s["path"].name: round(v, 4) for s, v in zip(samples, scores.tolist())}
         (samples[0]["path"].parent / "clip_scores.json").write_text(json.dumps(per_image, indent=2) + "\n")

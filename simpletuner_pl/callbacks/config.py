@@ -76,7 +76,8 @@ def parse_resolutions(value: Any) -> List[Tuple[int, int]]:
         try:
             width, height = (int(v) for v in item.lower().split("x")) if "x" in item.lower() else (int(item),) * 2
         except ValueError:
-            raise ConfigError(f"validation.resolutions: {item!r} is not WxH or N (e.g. \"1024x1024,1280x768\")") from None
+            raise ConfigError(f"validation.resolutions: {item!r} is not WxH or N "
+                              "(e.g. [1024x1024,1280x768])") from None
         for side in (width, height):
             if side <= 0 or side % RESOLUTION_MULTIPLE:
                 fixed = max(RESOLUTION_MULTIPLE, round(side / RESOLUTION_MULTIPLE) * RESOLUTION_MULTIPLE)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -48,9 +49,11 @@ class EvalLoss(PeriodicRound):
         return sigmas, torch.stack(per_image).mean(0)
 
     def run_round(self, trainer: L.Trainer, module: L.LightningModule, step: int) -> None:
+        started = time.perf_counter()
         sigmas, losses = self.evaluate(module)
         mean = losses.mean().item()
-        metrics = {"eval/loss": mean, **{f"eval/loss_t{i:02d}": v.item() for i, v in enumerate(losses)}}
+        metrics = {"eval/loss": mean, **{f"eval/loss_t{i:02d}": v.item() for i, v in enumerate(losses)},
+                   "eval/loss_seconds": time.perf_counter() - started}
         log_metrics(trainer, metrics, step)
         record = {"step": step, "eval_loss": mean, "sigmas": sigmas.tolist(), "losses": losses.tolist()}
         self.history.append(record)

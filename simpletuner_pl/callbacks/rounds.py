@@ -4,6 +4,7 @@ A round runs at step 0 (the untrained adapter: the base-model benchmark), every 
 once more at the end of training, on global rank 0 only; the other ranks wait at a barrier. Inside a round the
 module is in eval mode under `no_grad` and the trainer's precision context, and every random generator (Python,
 NumPy, torch CPU and accelerator) is restored afterwards, so enabling a round never changes the training sequence.
+Encoders parked on the CPU after caching are brought to the training device for the round and parked again.
 """
 
 from __future__ import annotations
@@ -34,6 +35,30 @@ def isolated(trainer: L.Trainer, module: L.LightningModule) -> Iterator[None]:
             np.random.set_state(np_state)
 
 
+def _self_placing(component: torch.nn.Module) -> bool:
+    """Offload hooks (accelerate's cpu offload, diffusers' group offload) move the weights themselves."""
+    return any(hasattr(m, "_hf_hook") or hasattr(m, "_diffusers_hook") for m in component.modules())
+
+
+@contextmanager
+def components_on(module: L.LightningModule, device: torch.device) -> Iterator[None]:
+    """Components parked elsewhere (the data pipeline moves the VAE and text encoders to the CPU once the caches are
+    built) come to `device` for the round and go back afterwards; a pipeline needs them where the denoiser runs."""
+    moved = []
+    for component in module.children():
+        param = next(component.parameters(), None)
+        if param is not None and param.device != device and not _self_placing(component):
+            moved.append((component, param.device))
+            component.to(device)
+    try:
+        yield
+    finally:
+        for component, original in moved:
+            component.to(original)
+        if moved and device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
 def log_metrics(trainer: L.Trainer, metrics: Dict[str, float], step: int) -> None:
     """Straight to the loggers: rounds also run in `on_train_end`, where `LightningModule.log` is not allowed."""
     for logger in trainer.loggers:
@@ -58,7 +83,7 @@ class PeriodicRound(L.Callback):
             return
         self.last_step = step
         if trainer.is_global_zero:
-            with isolated(trainer, module):
+            with isolated(trainer, module), components_on(module, module.device):
                 self.run_round(trainer, module, step)
         trainer.strategy.barrier(type(self).__name__)
 
@@ -69,8 +94,10 @@ class PeriodicRound(L.Callback):
             self.last_step = trainer.global_step  # a resumed run already has this step's round
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        if trainer.global_step and trainer.global_step % self.every_n_steps == 0:
+        step = trainer.global_step
+        # The last step's round runs here too, before checkpoints are written, so they hold its state.
+        if step and (step % self.every_n_steps == 0 or step == trainer.max_steps):
             self._maybe_run(trainer, module)
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self._maybe_run(trainer, module)
+        self._maybe_run(trainer, module)  # runs stopped otherwise (max_time, max_epochs): their last step
