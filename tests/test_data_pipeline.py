@@ -183,3 +183,18 @@ def test_unreadable_cache_entry_is_encoded_again(folder, tmp_path, module):
     assert batch["latents"].shape[1] == 16
     rewritten = [k for k in vae.keys() if vae.path(k).stat().st_size > 100]
     assert len(rewritten) == 1 and vae.load(rewritten[0])["latents"].shape == batch["latents"].shape[1:]
+
+
+def test_sdxl_batches_keep_all_77_clip_tokens(folder, tmp_path):
+    """Sequences are padded to the length the model's own encoder gives: 77 attended CLIP tokens for SDXL."""
+    from simpletuner_pl.models import build_module
+
+    cfg = config(folder, tmp_path / "cache", "model=tiny_sdxl")
+    sdxl = build_module(cfg)
+    dm = datamodule(cfg, tmp_path)
+    dm.build_caches(sdxl)
+    batch = dm.on_after_batch_transfer(dm.on_before_batch_transfer(next(iter(dm.train_dataloader())), 0), 0)
+    reference = sdxl.encode_prompts(batch["captions"])
+    assert batch["prompt_embeds"].shape == reference["prompt_embeds"].shape and batch["attention_mask"].all()
+    torch.testing.assert_close(batch["prompt_embeds"], reference["prompt_embeds"])
+    assert batch["latents"].shape[1] == 4 and torch.isfinite(sdxl.training_loss(batch))

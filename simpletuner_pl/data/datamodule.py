@@ -118,7 +118,8 @@ class AspectBucketDataModule(L.LightningDataModule):
         self.write_report()
 
     def cache_texts(self, module, text_identity: str) -> None:
-        max_length = self.cfg.model.t5_max_length
+        # The sequence length the model's own encoder pads to (Flux: model.t5_max_length; SDXL: CLIP's 77).
+        max_length = int(module.encode_prompts([""])["prompt_embeds"].shape[1])
         captions = {c for d in range(len(self.configs)) for i in self.my_samples(d) for c in self.samples[i].captions}
         if any(ds.caption_dropout_probability > 0 for ds in self.configs.values()):
             captions.add("")
