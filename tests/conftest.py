@@ -4,6 +4,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+if "SIMPLETUNER_PL_TEST_CACHE" not in os.environ:  # keep test caches out of the user's ~/.cache
+    import tempfile
+
+    os.environ["SIMPLETUNER_PL_TEST_CACHE"] = tempfile.mkdtemp(prefix="simpletuner_pl_test_cache_")
+    os.environ["XDG_CACHE_HOME"] = os.environ["SIMPLETUNER_PL_TEST_CACHE"]
 
 import pytest  # noqa: E402
 

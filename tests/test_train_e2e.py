@@ -122,7 +122,7 @@ def test_resume_continues_at_the_saved_step(tmp_path, images_dir):
         (["model=flux", "model.pretrained_model_name_or_path=/nonexistent/model"], "does not exist"),
         (["model=flux", "model.pretrained_model_name_or_path=black-forest-labs/FLUX.1-dev"], "hf download"),
         (["model=flux", "model.pretrained_model_name_or_path={images}"], "model_index.json"),
-        (["train.batch_size=9"], "larger than the dataset"),
+        (["train.batch_size=9"], "no images detected in dataset main"),
         (["adapter.target=everything"], "valid choices: mmdit, all, all+ffs"),
         (["train.flow_schedule_shift=3", "train.flow_schedule_auto_shift=true"], "auto-shift"),
     ],
