@@ -190,6 +190,9 @@ def _check_family(cfg: Any) -> None:
     if train.diff2flow and train.snr_gamma is not None:
         raise ConfigError("train.diff2flow=true trains on flow velocity, which min-SNR weights do not apply to; "
                           "set train.snr_gamma=null or train.diff2flow=false")
+    if adapter.export_format == "kohya" and adapter.use_dora:
+        raise ConfigError("adapter.export_format=kohya cannot carry DoRA magnitudes (diffusers drops Kohya "
+                          "dora_scale tensors); use adapter.export_format=diffusers or adapter.use_dora=false")
     if train.noise_offset < 0 or not 0 <= train.noise_offset_probability <= 1:
         raise ConfigError("train.noise_offset must be >= 0 and train.noise_offset_probability in [0, 1]")
 

@@ -34,7 +34,10 @@ def test_flux_flavours(model, flavour, repo, t5):
 
 def test_quickstart_defaults():
     cfg = typed()
-    assert cfg.adapter.target == "all" and cfg.adapter.alpha is None and cfg.adapter.rank == 16
+    from simpletuner_pl.adapters.lora import DEFAULT_TARGETS
+
+    assert cfg.adapter.target is None and DEFAULT_TARGETS["flux"] == "all"  # null = the family's default preset
+    assert cfg.adapter.alpha is None and cfg.adapter.rank == 16
     assert cfg.model.guidance_value == 1.0
     assert cfg.train.flow_schedule_shift is None and not cfg.train.flow_schedule_auto_shift
 

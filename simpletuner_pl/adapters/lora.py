@@ -6,7 +6,7 @@ attention alike and `proj_out` also hits the final output projection, exactly as
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
@@ -28,6 +28,10 @@ FLUX_TARGET_PRESETS: Dict[str, List[str]] = {
     "nano": ["single_transformer_blocks.7.proj_out"],
 }
 _EXACT_PRESETS = ("tiny", "nano")
+# SDXL: every self- (attn1) and cross-attention (attn2) projection of the UNet's transformer blocks (SimpleTuner's
+# DEFAULT_LORA_TARGET); `adapter.target` may name other modules as a comma-separated list.
+SDXL_TARGETS: List[str] = ["to_k", "to_q", "to_v", "to_out.0"]
+DEFAULT_TARGETS = {"flux": "all", "sdxl": ",".join(SDXL_TARGETS)}
 _INIT = {"default": True, "gaussian": "gaussian", "olora": "olora", "pissa": "pissa", "loftq": "loftq"}
 
 
@@ -46,10 +50,20 @@ def lora_config(adapter_cfg, target_modules: List[str]):
     )
 
 
-def resolve_targets(model: torch.nn.Module, preset: str) -> List[str]:
-    """The preset's module names, checked against the model so a missing block fails with a clear message."""
-    targets = FLUX_TARGET_PRESETS[preset]
+def resolve_targets(model: torch.nn.Module, preset: Optional[str], family: str = "flux") -> List[str]:
+    """The module names to wrap, checked against the model so a missing block fails with a clear message.
+
+    Flux takes a preset name; other families a comma-separated list of module-name suffixes (null = default)."""
+    preset = preset or DEFAULT_TARGETS[family]
     names = {name for name, _ in model.named_modules()}
+    if family != "flux":
+        targets = [t.strip() for t in preset.split(",") if t.strip()]
+        missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+        if missing or not targets:
+            raise ConfigError(f"adapter.target={preset}: {', '.join(missing) or 'no name'} matches no module of "
+                              f"{type(model).__name__}; the default is {DEFAULT_TARGETS[family]}")
+        return targets
+    targets = FLUX_TARGET_PRESETS[preset]
     if preset in _EXACT_PRESETS:
         missing = [t for t in targets if t not in names]
         if missing:
@@ -100,6 +114,9 @@ def adapter_metadata(model: torch.nn.Module, adapter_cfg) -> dict:
     """The LoraConfig as diffusers stores it in safetensors metadata, so loaders recover alpha and targets."""
     config = model.peft_config["default"].to_dict()
     config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
+    # Dropout regularises training only; diffusers re-creates it from this metadata and leaves the injected layers
+    # in train mode, so a non-zero value here would make every inference with the LoRA random.
+    config["lora_dropout"] = 0.0
     if getattr(model, "_lora_init_state", None) is not None:
         config.update(r=2 * config["r"], lora_alpha=2 * config["lora_alpha"], init_lora_weights=True)
     return config

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 
 def build_module(cfg):
-    from simpletuner_pl.models.flux import FluxModule
-    from simpletuner_pl.models.loading import DTYPES, load_flux_components
+    from simpletuner_pl.models.loading import DTYPES
 
-    components = load_flux_components(cfg.model, DTYPES[cfg.quant.base_model_default_dtype])
-    return FluxModule(cfg, components)
+    dtype = DTYPES[cfg.quant.base_model_default_dtype]
+    if cfg.model.family == "sdxl":
+        from simpletuner_pl.models.loading_sdxl import load_sdxl_components
+        from simpletuner_pl.models.sdxl import SDXLModule
+
+        return SDXLModule(cfg, load_sdxl_components(cfg.model, dtype))
+
+    from simpletuner_pl.models.flux import FluxModule
+    from simpletuner_pl.models.loading import load_flux_components
+
+    return FluxModule(cfg, load_flux_components(cfg.model, dtype))

@@ -1,7 +1,8 @@
 """Family-independent LightningModule logic: frozen base, trainable adapter, optimizer, checkpoint contents.
 
-A family module (FluxModule, ...) supplies `denoiser`, `training_loss(batch)` and `save_adapter(directory)`.
-Checkpoints hold only trainable tensors (the base is re-loaded from its source), so they are megabytes, not GB.
+A family module (FluxModule, SDXLModule) supplies `denoiser_name`, `encode_prompts(captions)`,
+`training_loss(batch)` and `save_adapter(directory)` (its pipeline's LoRA format). Checkpoints hold only trainable
+tensors (the base is re-loaded from its source): megabytes for a LoRA, the whole denoiser for `adapter=full`.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Dict, Iterable
+from typing import Dict, Iterable, List
 
 import lightning as L
 import torch
 
-from simpletuner_pl.adapters.lora import adapter_state_dict, attach_lora, resolve_targets
+from simpletuner_pl.adapters.export import KOHYA_FILE, save_full, save_kohya
+from simpletuner_pl.adapters.lora import adapter_metadata, adapter_state_dict, attach_lora, resolve_targets
 
 
 class DiffusionModule(L.LightningModule):
@@ -30,6 +32,7 @@ class DiffusionModule(L.LightningModule):
             if isinstance(component, torch.nn.Module):
                 component.requires_grad_(False).eval()
             setattr(self, name, component)
+        self._text_cache: Dict[str, Dict[str, torch.Tensor]] = {}
         self.attach_adapter()
 
     @property
@@ -38,7 +41,11 @@ class DiffusionModule(L.LightningModule):
 
     def attach_adapter(self) -> None:
         adapter = self.cfg.adapter
-        attach_lora(self.denoiser, adapter, resolve_targets(self.denoiser, adapter.target))
+        if adapter.type == "full":
+            # fp32 master weights whatever the load dtype: bf16 weights would round away lr·update-sized steps.
+            self.denoiser.to(torch.float32).requires_grad_(True)
+        else:
+            attach_lora(self.denoiser, adapter, resolve_targets(self.denoiser, adapter.target, self.cfg.model.family))
         if self.cfg.train.gradient_checkpointing and hasattr(self.denoiser, "enable_gradient_checkpointing"):
             self.denoiser.enable_gradient_checkpointing()
 
@@ -82,8 +89,47 @@ class DiffusionModule(L.LightningModule):
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
 
+    # ---- encoding (shared by the families and by the data caches) ------------------------------------------------
+    @torch.no_grad()
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pixels in [-1, 1] → one posterior sample, shifted (if the VAE has a shift) and scaled."""
+        vae = self.vae
+        latents = vae.encode(pixel_values.to(vae.device, vae.dtype)).latent_dist.sample()
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        return (latents - shift) * vae.config.scaling_factor
+
+    def cache_identity(self) -> Dict[str, str]:
+        """Strings that change whenever the VAE or the text encoders would encode differently (class, config,
+        dtype, quantisation, a fingerprint of the weights); the data caches key their entries on them."""
+        quant = self.cfg.quant
+        text = f"{_describe(self, 'text_encoder', 'text_encoder_2')}|{quant.text_encoder_1_precision}|" \
+               f"{quant.text_encoder_2_precision}|{len(self.tokenizer)}|{len(self.tokenizer_2)}"
+        return {"vae": _describe(self, "vae"), "text": text}
+
+    def text_conditioning(self, captions: List[str]) -> Dict[str, torch.Tensor]:
+        """Encode each distinct caption once per run (captions repeat every epoch)."""
+        missing = sorted({c for c in captions if c not in self._text_cache})
+        if missing:
+            encoded = self.encode_prompts(missing)
+            for i, caption in enumerate(missing):
+                self._text_cache[caption] = {k: v[i] for k, v in encoded.items()}
+        return {k: torch.stack([self._text_cache[c][k] for c in captions]) for k in self._text_cache[captions[0]]}
+
+    # ---- export --------------------------------------------------------------------------------------------------
     def adapter_state_dict(self) -> Dict[str, torch.Tensor]:
         return adapter_state_dict(self.denoiser)
+
+    def write_adapter(self, directory: Path) -> None:
+        """The trained weights in the configured format: a diffusers folder of the denoiser for `adapter=full`,
+        else the family's diffusers LoRA file, plus a Kohya/ComfyUI file with `adapter.export_format=kohya`."""
+        adapter = self.cfg.adapter
+        if adapter.type == "full":
+            save_full(self.denoiser, directory / self.denoiser_name)
+            return
+        self.save_adapter(directory)
+        if adapter.export_format == "kohya":
+            alpha = adapter_metadata(self.denoiser, adapter)["lora_alpha"]
+            save_kohya(self.adapter_state_dict(), alpha, directory / KOHYA_FILE, prefix=self.denoiser_name)
 
     def export_adapter(self, directory: str | os.PathLike) -> Path:
         """Write the adapter into `directory` atomically: a crash mid-write never leaves a half file behind."""
@@ -91,10 +137,13 @@ class DiffusionModule(L.LightningModule):
         directory.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         try:
-            self.save_adapter(staging)
+            self.write_adapter(staging)
             directory.mkdir(exist_ok=True)
-            for item in staging.iterdir():
-                os.replace(item, directory / item.name)
+            for item in list(staging.iterdir()):
+                target = directory / item.name
+                if item.is_dir() and target.is_dir():  # a folder (full fine-tune) cannot replace a non-empty one:
+                    os.replace(target, staging / f".old.{item.name}")  # swap the old one aside, removed below
+                os.replace(item, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return directory
@@ -104,3 +153,22 @@ class DiffusionModule(L.LightningModule):
 
     def save_adapter(self, directory: Path) -> None:  # pragma: no cover - implemented by each family
         raise NotImplementedError
+
+
+def _describe(module: torch.nn.Module, *names: str) -> str:
+    """Class, dtype, config and a weight fingerprint of each named component."""
+    import hashlib
+    import json
+
+    parts = []
+    for name in names:
+        component = getattr(module, name)
+        config = getattr(component, "config", {})
+        config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+        tensors = [t for t in component.state_dict().values() if torch.is_tensor(t) and t.is_floating_point()]
+        digest = hashlib.sha256()
+        for tensor in tensors[:2] + tensors[-2:]:
+            digest.update(tensor.detach().flatten()[:4096].float().cpu().numpy().tobytes())
+        parts.append(f"{type(component).__name__}:{next(component.parameters()).dtype}:"
+                     f"{json.dumps(config, sort_keys=True, default=str)}:{digest.hexdigest()}")
+    return "|".join(parts)

@@ -29,6 +29,7 @@ class Source:
     location: str
     subfolder: Optional[str]
     filename: str
+    key: str = "model.pretrained_model_name_or_path"  # the config key that sets `location`, named in errors
 
 
 def flux_sources(model_cfg) -> List[Source]:
@@ -89,7 +90,7 @@ def _check_hub(source: Source, relative: str, revision: Optional[str]) -> None:
         raise ModelSourceError(
             f"cannot reach the Hugging Face Hub for {repo} ({type(err).__name__}; offline or HF_HUB_OFFLINE=1) and it "
             f"is not in the local cache. Run `hf download {repo}` on a connected machine (after `hf auth login` for "
-            "gated models such as FLUX.1), or pass a local folder as model.pretrained_model_name_or_path."
+            f"gated models such as FLUX.1), or pass a local folder as {source.key}."
         ) from None
     except EntryNotFoundError:
         raise ModelSourceError(f"hub repo {repo} has no {relative}: check the subfolder override for the {source.what}") from None
@@ -100,7 +101,13 @@ def _check_hub(source: Source, relative: str, revision: Optional[str]) -> None:
 def check_model_sources(model_cfg) -> None:
     if model_cfg.flavour == "tiny" and not model_cfg.pretrained_model_name_or_path:
         return
-    for source in flux_sources(model_cfg):
+    if model_cfg.family == "sdxl":
+        from simpletuner_pl.models.loading_sdxl import sdxl_sources
+
+        sources = sdxl_sources(model_cfg)
+    else:
+        sources = flux_sources(model_cfg)
+    for source in sources:
         check_source(source, model_cfg.revision)
 
 

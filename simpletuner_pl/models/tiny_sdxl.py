@@ -1,0 +1,90 @@
+"""Tiny random-init SDXL pipeline, for tests, CI and CPU experiments.
+
+Same classes and plumbing as `stabilityai/stable-diffusion-xl-base-1.0` (CLIP-L + CLIP-G with projection, penultimate
+hidden states, text_time added conditioning, a 4-channel VAE with 8x downsampling, the Euler scheduler config SDXL
+ships), at about 1.3M parameters. The tokenizer is the vendored tiny CLIP one (`simpletuner_pl.models.tiny`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from simpletuner_pl.models.tiny import load_tiny_tokenizers
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionXLPipeline
+
+TIME_EMBED_DIM = 8
+TEXT_DIM = 32  # hidden size of each tiny CLIP; the UNet's cross-attention sees both, concatenated
+
+TINY_SDXL_UNET: dict[str, Any] = dict(
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    attention_head_dim=(2, 4),
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=TIME_EMBED_DIM,
+    transformer_layers_per_block=(1, 1),
+    projection_class_embeddings_input_dim=6 * TIME_EMBED_DIM + TEXT_DIM,  # 6 time ids + CLIP-G pooled projection
+    cross_attention_dim=2 * TEXT_DIM,
+    norm_num_groups=8,
+)
+"""`UNet2DConditionModel` kwargs of the tiny model; override them per call."""
+
+
+def _clip_config(vocab_size: int):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=TEXT_DIM, intermediate_size=37, num_hidden_layers=2,  # >= 2: hidden_states[-2]
+        num_attention_heads=4, max_position_embeddings=77, projection_dim=TEXT_DIM, hidden_act="quick_gelu",
+        # The pooled output is read at the eos position, so eos must be the real <|endoftext|> id.
+        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+    )
+
+
+def build_tiny_sdxl_components(seed: int = 0, **unet_overrides: Any) -> dict[str, Any]:
+    """`StableDiffusionXLPipeline` constructor kwargs; weights depend only on `seed` (the global RNG is untouched)."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer, _ = load_tiny_tokenizers()
+    clip_cfg = _clip_config(len(tokenizer))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text_encoder = CLIPTextModel(clip_cfg)
+        text_encoder_2 = CLIPTextModelWithProjection(clip_cfg)
+        unet = UNet2DConditionModel(**{**TINY_SDXL_UNET, **unet_overrides})
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16, 16),
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=1, norm_num_groups=4, sample_size=64, scaling_factor=0.13025,  # SDXL's VAE scale
+        )
+    scheduler = EulerDiscreteScheduler(  # SDXL base's shipped inference scheduler; training reads it as DDPM
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+        timestep_spacing="leading", prediction_type="epsilon",
+    )
+    return dict(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+                tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
+
+
+def build_tiny_sdxl_pipeline(seed: int = 0, **unet_overrides: Any) -> StableDiffusionXLPipeline:
+    """A ready `StableDiffusionXLPipeline` (CPU, float32) of tiny random-init components."""
+    from diffusers import StableDiffusionXLPipeline
+
+    return StableDiffusionXLPipeline(**build_tiny_sdxl_components(seed, **unet_overrides),
+                                     force_zeros_for_empty_prompt=True)
+
+
+def save_tiny_sdxl_pipeline(directory: str | Path, seed: int = 0, **unet_overrides: Any) -> Path:
+    """Save the tiny pipeline as a diffusers folder: a stand-in for a `stable-diffusion-xl-base-1.0` download."""
+    directory = Path(directory)
+    build_tiny_sdxl_pipeline(seed, **unet_overrides).save_pretrained(directory, safe_serialization=True)
+    return directory

@@ -1,0 +1,169 @@
+"""SDXL end to end on CPU: the issue's command on a saved tiny pipeline, diffusers and Kohya LoRA loading back into
+StableDiffusionXLPipeline, full fine-tune, Diff2Flow, and the option combinations refused at startup."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import DEMO_DIR, compose, typed
+from simpletuner_pl.config import validate
+from simpletuner_pl.errors import ConfigError, ModelSourceError
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = ["trainer.accelerator=cpu", "quant.base_model_default_dtype=fp32", "train.mixed_precision=no"]
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl_dir(tmp_path_factory) -> Path:
+    from simpletuner_pl.models.tiny_sdxl import save_tiny_sdxl_pipeline
+
+    return save_tiny_sdxl_pipeline(tmp_path_factory.mktemp("tiny_sdxl"))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("images")
+    for image in DEMO_DIR.glob("*.jpg"):
+        shutil.copy(image, out / image.name)
+    return out
+
+
+def model_args(tiny_sdxl_dir, images, out):
+    return ["model=sdxl", f"model.pretrained_model_name_or_path={tiny_sdxl_dir}",
+            "model.pretrained_vae_model_name_or_path=null", "data=local",
+            f"data.datasets.main.instance_data_dir={images}", "data.datasets.main.resolution=64",
+            f"data.cache_dir={out / 'cache'}", f"output_dir={out}", *CPU]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_sdxl_dir, images, tmp_path_factory) -> Path:
+    """The issue's command (plus CPU settings), with a Kohya export and alpha ≠ rank so the alpha tensor matters."""
+    out = tmp_path_factory.mktemp("run")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    args = [*model_args(tiny_sdxl_dir, images, out), "train.max_steps=12", "adapter=lora", "adapter.rank=4",
+            "adapter.alpha=2", "adapter.export_format=kohya", "optimizer.lr=1e-2"]
+    result = subprocess.run([sys.executable, "-m", "simpletuner_pl", *args], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out
+
+
+def render(pipe) -> torch.Tensor:
+    return pipe("a photo of a cat", height=64, width=64, num_inference_steps=2, guidance_scale=5.0,
+                generator=torch.Generator().manual_seed(0), output_type="pt").images
+
+
+def test_lora_loads_into_a_fresh_pipeline_and_changes_its_output(trained, tiny_sdxl_dir):
+    from diffusers import StableDiffusionXLPipeline
+    from peft.utils import get_peft_model_state_dict
+
+    saved = load_file(trained / "adapter" / "pytorch_lora_weights.safetensors")
+    assert saved and all(k.startswith("unet.") and (".lora_A." in k or ".lora_B." in k) for k in saved)
+    assert {k.split(".")[-3] for k in saved} == {"to_q", "to_k", "to_v", "0"}  # to_out.0
+    assert any(v.abs().sum() > 0 for k, v in saved.items() if ".lora_B." in k)  # B starts at zero: it trained
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_dir)
+    before = render(pipe)
+    pipe.load_lora_weights(trained / "adapter")
+    (adapter,) = pipe.unet.peft_config
+    loaded = get_peft_model_state_dict(pipe.unet, adapter_name=adapter)
+    assert set(loaded) == {k.removeprefix("unet.") for k in saved}
+    assert pipe.unet.peft_config[adapter].lora_alpha == 2
+    assert (render(pipe) - before).abs().max() > 1e-3
+    assert torch.equal(render(pipe), render(pipe))  # no LoRA dropout left active at inference
+
+
+def test_kohya_export_round_trips_through_diffusers(trained, tiny_sdxl_dir):
+    from diffusers import StableDiffusionXLPipeline
+
+    kohya = load_file(trained / "adapter" / "pytorch_lora_weights_kohya.safetensors")
+    name = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_out_0"
+    assert {f"{name}.lora_down.weight", f"{name}.lora_up.weight", f"{name}.alpha"} <= set(kohya)
+    assert all(k.startswith("lora_unet_") for k in kohya)
+    assert {v.item() for k, v in kohya.items() if k.endswith(".alpha")} == {2.0}
+    diffusers_pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_dir)
+    diffusers_pipe.load_lora_weights(trained / "adapter")
+    kohya_pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_dir)
+    kohya_pipe.load_lora_weights(trained / "adapter", weight_name="pytorch_lora_weights_kohya.safetensors")
+    torch.testing.assert_close(render(kohya_pipe), render(diffusers_pipe))
+
+
+def test_checkpoint_holds_only_the_lora(trained):
+    ckpt = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 12
+    assert ckpt["state_dict"] and all(k.startswith("unet.") and ".lora_" in k for k in ckpt["state_dict"])
+
+
+def test_full_fine_tune_updates_and_saves_the_unet(tiny_sdxl_dir, images, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    from simpletuner_pl.train import run
+
+    trainer = run(compose(*model_args(tiny_sdxl_dir, images, tmp_path), "adapter=full", "train.max_steps=2",
+                          "optimizer.lr=1e-3"))
+    assert trainer.global_step == 2
+    original = UNet2DConditionModel.from_pretrained(tiny_sdxl_dir, subfolder="unet").state_dict()
+    trained = UNet2DConditionModel.from_pretrained(tmp_path / "adapter", subfolder="unet").state_dict()
+    assert set(trained) == set(original)
+    assert any(not torch.equal(trained[k], original[k]) for k in original)
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert {f"unet.{k}" for k in original} == set(ckpt)  # the checkpoint carries the whole UNet
+    torch.testing.assert_close(ckpt["unet.conv_in.weight"], trained["conv_in.weight"])
+
+
+def test_diff2flow_trains(tiny_sdxl_dir, images, tmp_path):
+    from simpletuner_pl.train import run
+
+    trainer = run(compose(*model_args(tiny_sdxl_dir, images, tmp_path), "train.diff2flow=true",
+                          "model.prediction_type=v_prediction", "train.max_steps=3", "train.batch_size=2",
+                          "train.log_every_n_steps=1"))
+    assert trainer.global_step == 3
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    column = rows[0].split(",").index("train/loss")
+    losses = [float(r.split(",")[column]) for r in rows[1:] if r.split(",")[column]]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_missing_fp16_fix_vae_names_the_override(tiny_sdxl_dir):
+    from simpletuner_pl.models.loading import check_model_sources
+
+    cfg = typed("model=sdxl", f"model.pretrained_model_name_or_path={tiny_sdxl_dir}")
+    assert cfg.model.pretrained_vae_model_name_or_path == "madebyollin/sdxl-vae-fp16-fix"
+    with pytest.raises(ModelSourceError, match="model.pretrained_vae_model_name_or_path"):
+        check_model_sources(cfg.model)  # HF_HUB_OFFLINE=1 and not in the cache
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["adapter.target=all"], "is a Flux preset"),
+    (["adapter.use_dora=true", "adapter.export_format=kohya"], "DoRA"),
+    (["adapter=full", "quant=int8"], "cannot be quantised"),
+    (["train.diff2flow=true", "train.snr_gamma=5"], "min-SNR"),
+    (["model.flavour=dev"], "not a sdxl flavour"),
+    (["model=flux", "train.snr_gamma=5"], "SDXL-only"),
+    (["model=flux", "adapter.target=everything"], "valid choices: mmdit, all, all+ffs"),
+])
+def test_invalid_combinations_fail_at_startup(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(typed("model=sdxl", *overrides))
+
+
+def test_lora_targets_default_and_custom_list():
+    from simpletuner_pl.models import build_module
+
+    def wrapped(module):
+        return {name.rsplit(".", 1)[-1] if not name.endswith("to_out.0") else "to_out.0"
+                for name, m in module.unet.named_modules() if hasattr(m, "lora_A")}
+
+    assert wrapped(build_module(typed("model=tiny_sdxl", "quant.base_model_default_dtype=fp32"))) == \
+        {"to_q", "to_k", "to_v", "to_out.0"}
+    custom = build_module(typed("model=tiny_sdxl", "quant.base_model_default_dtype=fp32",
+                                "adapter.target='to_q,proj_in'"))
+    assert wrapped(custom) == {"to_q", "proj_in"}
+    with pytest.raises(ConfigError, match="nonexistent matches no module"):
+        build_module(typed("model=tiny_sdxl", "quant.base_model_default_dtype=fp32", "adapter.target=nonexistent"))
