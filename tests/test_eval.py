@@ -165,3 +165,22 @@ def test_eval_loss_writes_plot_history_and_best_adapter(eval_runs):
     assert (tmp / "b/adapter/best/pytorch_lora_weights.safetensors").is_file()
     assert f"lowest eval loss {lowest['eval_loss']:.6g} at step {lowest['step']}" in (
         tmp / "b/adapter/README.md").read_text()
+
+
+def test_resume_keeps_eval_history_and_best_and_skips_the_startup_round(eval_runs, tmp_path):
+    from simpletuner_pl.train import run
+
+    tmp, _, _ = eval_runs
+    args = ["experiment=demo", "data=local", f"data.datasets.main.instance_data_dir={tmp / 'train'}",
+            "data.datasets.main.resolution=64", "train.checkpoint_every_n_steps=2", "trainer.accelerator=cpu",
+            f"data.cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'run'}", "eval=loss",
+            f"eval.eval_loss.instance_data_dir={tmp / 'held_out'}", "eval.eval_loss.every_n_steps=2",
+            "eval.eval_loss.timesteps=4"]
+    run(compose(*args, "train.max_steps=2"))
+    first = (tmp_path / "run/eval/losses.jsonl").read_text().splitlines()
+    run(compose(*args, "train.max_steps=4"))  # resumes from checkpoints/last.ckpt (step 2)
+    history = [json.loads(line) for line in (tmp_path / "run/eval/losses.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [0, 2, 4]  # step 0 is not evaluated again, step 2 not repeated
+    assert [json.dumps(h) for h in history[:2]] == first
+    best = json.loads((tmp_path / "run/adapter/best/best.json").read_text())
+    assert best["eval_loss"] == min(h["eval_loss"] for h in history)

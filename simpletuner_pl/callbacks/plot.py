@@ -51,7 +51,7 @@ def plot_loss_vs_sigma(series: List[Series], path: Path, title: str = "eval loss
         for x, y in points:
             draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colour)
     last_step = series[-1][0]
-    draw.text((x1 - 150, y0 + 6), f"{len(series)} rounds, latest step {last_step}", fill=(0, 0, 200))
+    draw.text((x1 - 170, 6), f"{len(series)} rounds, latest (blue) step {last_step}", fill=(0, 0, 200))
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
     return path

@@ -63,7 +63,8 @@ def _entry(nickname: str, value) -> Tuple[str, float]:
                       "{\"prompt\": \"...\", \"adapter_strength\": 1.0}")
 
 
-def load_library(path: Path, token: str | None) -> Dict[str, Tuple[str, float]]:
+def load_library(path: Path, token: str | None) -> List[Tuple[str, str, float]]:
+    """[(nickname, prompt, adapter_strength)] with `<token>` replaced, in file order."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
@@ -73,10 +74,10 @@ def load_library(path: Path, token: str | None) -> Dict[str, Tuple[str, float]]:
     if token is None and TOKEN in json.dumps(raw):
         raise ConfigError(f"validation.prompt_library={path.name} uses {TOKEN}: set validation.token=<your trigger "
                           "word> (usually the dataset's instance_prompt)")
-    entries = {}
+    entries = []
     for nickname, value in raw.items():
         prompt, strength = _entry(nickname, value)
-        entries[nickname.replace(TOKEN, token or TOKEN)] = (prompt.replace(TOKEN, token or TOKEN), strength)
+        entries.append((nickname.replace(TOKEN, token or TOKEN), prompt.replace(TOKEN, token or TOKEN), strength))
     return entries
 
 
@@ -86,8 +87,7 @@ def validation_prompts(validation_cfg) -> List[ValidationPrompt]:
     if validation_cfg.prompt:
         entries.append(("validation", validation_cfg.prompt, 1.0))
     if validation_cfg.prompt_library:
-        library = load_library(library_path(validation_cfg.prompt_library), validation_cfg.token)
-        entries += [(name, prompt, strength) for name, (prompt, strength) in library.items()]
+        entries += load_library(library_path(validation_cfg.prompt_library), validation_cfg.token)
     if not entries:
         raise ConfigError("validation.enabled=true needs validation.prompt=\"...\" and/or validation.prompt_library")
     prompts, used = [], set()
