@@ -63,7 +63,7 @@ def check_clip_source(spec: str) -> None:
     else:
         from simpletuner_pl.models.loading import Source, check_source
 
-        check_source(Source("CLIP score model (eval.clip_score.model)", spec, None, "config.json"))
+        check_source(Source("CLIP score model", spec, None, "config.json", key="eval.clip_score.model"))
 
 
 def _features(output) -> torch.Tensor:

@@ -26,7 +26,7 @@ def check_decoder_source(location: str) -> None:
     """Fail at startup, not at the first validation round, when the decoder cannot be found."""
     from simpletuner_pl.models.loading import Source, check_source
 
-    check_source(Source("validation preview decoder (validation.preview_decoder)", location, None, "config.json"))
+    check_source(Source("validation preview decoder", location, None, "config.json", key="validation.preview_decoder"))
 
 
 def post_json(url: str, payload: Dict[str, Any], timeout_s: float) -> bool:
