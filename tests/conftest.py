@@ -3,6 +3,7 @@ import shutil
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny models: thread hand-offs cost more than they save
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 if "SIMPLETUNER_PL_TEST_CACHE" not in os.environ:  # keep test caches out of the user's ~/.cache
     import tempfile
