@@ -167,3 +167,20 @@ def test_lora_targets_default_and_custom_list():
     assert wrapped(custom) == {"to_q", "proj_in"}
     with pytest.raises(ConfigError, match="nonexistent matches no module"):
         build_module(typed("model=tiny_sdxl", "quant.base_model_default_dtype=fp32", "adapter.target=nonexistent"))
+
+
+def test_lora_trains_on_an_int8_quantised_unet(tmp_path):
+    from simpletuner_pl.models import build_module
+
+    cfg = typed("model=tiny_sdxl", "quant=int8", "quant.base_model_default_dtype=fp32", "adapter.rank=4",
+                "trainer.accelerator=cpu")
+    validate(cfg)
+    module = build_module(cfg)
+    assert type(module.unet.conv_in).__name__ == "QConv2d" and module.denoiser is module.unet
+    loss = module.training_loss({"pixel_values": torch.rand(2, 3, 64, 64) * 2 - 1, "captions": ["a cat", "a dog"]})
+    loss.backward()
+    trainable = module.trainable_parameters()
+    assert trainable and all(".lora_" in n for n, p in module.named_parameters() if p.requires_grad)
+    assert all(p.grad is not None for p in trainable)
+    module.export_adapter(tmp_path / "adapter")
+    assert all(k.startswith("unet.") for k in load_file(tmp_path / "adapter" / "pytorch_lora_weights.safetensors"))

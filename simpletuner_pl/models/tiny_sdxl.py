@@ -42,8 +42,9 @@ def _clip_config(vocab_size: int):
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=TEXT_DIM, intermediate_size=37, num_hidden_layers=2,  # >= 2: hidden_states[-2]
-        num_attention_heads=4, max_position_embeddings=77, projection_dim=TEXT_DIM, hidden_act="quick_gelu",
+        vocab_size=vocab_size, hidden_size=TEXT_DIM, intermediate_size=37,
+        num_hidden_layers=2, num_attention_heads=4,  # >= 2 layers: SDXL reads hidden_states[-2]
+        max_position_embeddings=77, projection_dim=TEXT_DIM, hidden_act="quick_gelu",
         # The pooled output is read at the eos position, so eos must be the real <|endoftext|> id.
         bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
     )
