@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional
 from simpletuner_pl.callbacks.config import EvalConfig, ValidationConfig, check_validation_config
 from simpletuner_pl.data.config import DataConfig
 from simpletuner_pl.errors import ConfigError
+from simpletuner_pl.memory.config import OffloadConfig, check_combinations
 
 
 def choice(default: Any, *choices: Any) -> Any:
@@ -25,6 +26,11 @@ FLUX_FLAVOURS = ("krea", "dev", "schnell", "tiny")
 FLUX_LORA_TARGETS = ("mmdit", "all", "all+ffs", "context", "context+ffs", "tiny", "nano")
 SDXL_FLAVOURS = ("base-1.0", "tiny")
 FLAVOURS = {"flux": FLUX_FLAVOURS, "sdxl": SDXL_FLAVOURS}
+PRECISIONS = ("no_change", "int8-quanto", "int4-quanto", "int2-quanto", "fp8-quanto", "nf4-bnb", "nf4-torchao")
+OPTIMIZERS = ("adamw", "adamw_bf16", "optimi_lion", "optimi_stableadamw", "bnb_adamw8bit", "bnb_lion8bit_paged",
+              "prodigy")
+ATTENTION_BACKENDS = ("sdpa", "flash", "flash_varlen", "flex", "xformers", "sage", "native_flash", "native_efficient",
+                      "native_cudnn", "native_math")
 
 
 @dataclass
@@ -42,15 +48,17 @@ class ModelConfig:
     revision: Optional[str] = None
     guidance_value: float = 1.0
     t5_max_length: int = 512
+    attention_backend: str = choice("sdpa", *ATTENTION_BACKENDS)  # diffusers' attention dispatcher
 
 
 @dataclass
 class QuantConfig:
-    base_model_precision: str = choice("no_change", "no_change")
-    text_encoder_1_precision: str = choice("no_change", "no_change")
-    text_encoder_2_precision: str = choice("no_change", "no_change")
+    base_model_precision: str = choice("no_change", *PRECISIONS)
+    text_encoder_1_precision: str = choice("no_change", *PRECISIONS)
+    text_encoder_2_precision: str = choice("no_change", *PRECISIONS)
     quantize_via: str = choice("accelerator", "cpu", "accelerator")
     base_model_default_dtype: str = choice("bf16", "bf16", "fp32", "fp16")
+    cache_dir: Optional[str] = None  # keep the quantised transformer here; later runs skip quantisation
 
 
 @dataclass
@@ -68,7 +76,7 @@ class AdapterConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = choice("adamw", "adamw")
+    name: str = choice("adamw", *OPTIMIZERS)
     lr: float = 1e-4
     weight_decay: float = 1e-2
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -78,6 +86,7 @@ class OptimizerConfig:
     )
     warmup_steps: int = 0
     lr_power: float = 0.8  # polynomial decay exponent
+    extra: Dict[str, Any] = field(default_factory=dict)  # more constructor arguments (SimpleTuner's optimizer_config)
 
 
 @dataclass
@@ -88,6 +97,8 @@ class TrainConfig:
     max_grad_norm: Optional[float] = 1.0
     mixed_precision: str = choice("bf16", "bf16", "fp16", "no")
     gradient_checkpointing: bool = True
+    gradient_checkpointing_interval: Optional[int] = None  # checkpoint every n-th block; null = every block
+    compile: bool = False  # torch.compile each transformer block
     checkpoint_every_n_steps: int = 500
     checkpoints_total_limit: Optional[int] = 5
     adapter_every_n_steps: Optional[int] = None  # None = with every checkpoint
@@ -137,6 +148,7 @@ class RunConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    offload: OffloadConfig = field(default_factory=OffloadConfig)
     output_dir: str = "outputs/${now:%Y-%m-%d_%H-%M-%S}"
     seed: int = 42
 
@@ -214,6 +226,7 @@ def validate(cfg: Any) -> None:
     """Reject invalid values and option combinations with an actionable message, before any heavy work."""
     _check_choices(cfg, RunConfig, "")
     _check_family(cfg)
+    check_combinations(cfg)  # quantisation x adapter x offload x optimizer (simpletuner_pl.memory.config)
     _check_adapter_type(cfg)
     cfg.data.validate(batch_size=cfg.train.batch_size)
     if cfg.train.batch_size < 1:

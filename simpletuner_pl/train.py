@@ -46,13 +46,14 @@ def build_trainer(cfg, output_dir: Path, resume_step: Optional[int] = None):
     from simpletuner_pl.callbacks import build_callbacks
     from simpletuner_pl.callbacks.checkpointing import AtomicCheckpointIO
     from simpletuner_pl.callbacks.metrics_log import MetricsCSVLogger
+    from simpletuner_pl.optimizers import clip_value
 
     train = cfg.train
     kwargs = dict(
         max_steps=train.max_steps,
         max_epochs=-1,
         accumulate_grad_batches=train.gradient_accumulation_steps,
-        gradient_clip_val=train.max_grad_norm,
+        gradient_clip_val=clip_value(cfg),  # None for optimizers that bound their own updates
         gradient_clip_algorithm="norm",
         precision=PRECISION[train.mixed_precision],
         logger=MetricsCSVLogger(output_dir, resume_step),
@@ -93,6 +94,7 @@ def run(cfg):
 
     from simpletuner_pl.data.datamodule import AspectBucketDataModule
     from simpletuner_pl.models import build_module
+    from simpletuner_pl.plan import check_budget
 
     output_dir.mkdir(parents=True, exist_ok=True)
     composed = output_dir / ".hydra" / "config.yaml"
@@ -101,6 +103,7 @@ def run(cfg):
         OmegaConf.save(composed_cfg, composed, resolve=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     trainer = build_trainer(cfg, output_dir, checkpoint_step(ckpt_path))
+    check_budget(cfg)  # warns when the memory plan exceeds the device (simpletuner_pl.plan)
     module = build_module(cfg)
     datamodule = AspectBucketDataModule(cfg, catalog, output_dir)
     if ckpt_path:

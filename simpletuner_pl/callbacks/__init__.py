@@ -13,6 +13,7 @@ def build_callbacks(cfg, output_dir: Path) -> List:
     from simpletuner_pl.callbacks.evaluation import evaluation_callbacks
     from simpletuner_pl.callbacks.progress import StepProgressBar
     from simpletuner_pl.callbacks.timing import StepTimer
+    from simpletuner_pl.memory.placement import memory_callbacks
 
     train = cfg.train
     checkpoint_dir = output_dir / "checkpoints"
@@ -27,4 +28,4 @@ def build_callbacks(cfg, output_dir: Path) -> List:
         AdapterExport(output_dir, train.adapter_every_n_steps or train.checkpoint_every_n_steps),
         StepProgressBar(refresh_rate=max(1, min(train.log_every_n_steps, 10))),
         StepTimer(output_dir),
-    ] + evaluation_callbacks(cfg, output_dir)
+    ] + evaluation_callbacks(cfg, output_dir) + memory_callbacks(cfg)

@@ -46,8 +46,19 @@ class DiffusionModule(L.LightningModule):
             self.denoiser.to(torch.float32).requires_grad_(True)
         else:
             attach_lora(self.denoiser, adapter, resolve_targets(self.denoiser, adapter.target, self.cfg.model.family))
-        if self.cfg.train.gradient_checkpointing and hasattr(self.denoiser, "enable_gradient_checkpointing"):
-            self.denoiser.enable_gradient_checkpointing()
+        from simpletuner_pl.memory.options import configure_training
+
+        configure_training(self.denoiser, self.cfg)  # trainable dtype, checkpointing interval, compile, group offload
+
+    def _apply(self, fn, recurse: bool = True):
+        """Lightning's `.to(device)` skips components that place themselves (group offload, model CPU offload):
+        moving them whole onto the GPU is exactly the peak those options avoid."""
+        placed = {n: m for n, m in self._modules.items() if getattr(m, "_places_itself", False)}
+        self._modules.update(dict.fromkeys(placed))
+        try:
+            return super()._apply(fn, recurse)
+        finally:
+            self._modules.update(placed)
 
     def on_fit_start(self) -> None:
         """Caches are built here: the module is on its device by now and the dataloader is not yet created."""
@@ -75,15 +86,26 @@ class DiffusionModule(L.LightningModule):
     def configure_optimizers(self):
         from diffusers.optimization import get_scheduler
 
+        from simpletuner_pl.optimizers import build_optimizer
+
         opt = self.cfg.optimizer
-        optimizer = torch.optim.AdamW(
-            self.trainable_parameters(), lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay
-        )
+        optimizer = build_optimizer(self.trainable_parameters(), opt)
         scheduler = get_scheduler(
             opt.lr_scheduler, optimizer, num_warmup_steps=opt.warmup_steps,
             num_training_steps=self.cfg.train.max_steps, power=opt.lr_power,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        from simpletuner_pl.optimizers import set_mode
+
+        set_mode(self.optimizers(), train=True)  # schedule-free optimizers: forward on the training sequence
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        from simpletuner_pl.optimizers import set_mode
+
+        super().optimizer_step(*args, **kwargs)
+        set_mode(self.optimizers(), train=False)  # between steps the weights are the averaged (exported) ones
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}

@@ -111,8 +111,9 @@ def check_model_sources(model_cfg) -> None:
         check_source(source, model_cfg.revision)
 
 
-def load_flux_components(model_cfg, dtype: torch.dtype) -> dict:
-    """FluxPipeline's components (transformer, VAE, CLIP-L, T5, tokenizers, scheduler) at `dtype`."""
+def load_flux_components(model_cfg, dtype: torch.dtype, transformer: Optional[torch.nn.Module] = None) -> dict:
+    """FluxPipeline's components (transformer, VAE, CLIP-L, T5, tokenizers, scheduler) at `dtype`; a `transformer`
+    already loaded (quantised while streaming, simpletuner_pl.quantization) is used instead of reading one."""
     if model_cfg.flavour == "tiny" and not model_cfg.pretrained_model_name_or_path:
         from simpletuner_pl.models.tiny import build_tiny_flux_components
 
@@ -131,7 +132,7 @@ def load_flux_components(model_cfg, dtype: torch.dtype) -> dict:
     vae_path = model_cfg.pretrained_vae_model_name_or_path
     vae_sub = subfolder(model_cfg.pretrained_vae_subfolder) if vae_path else "vae"
     return dict(
-        transformer=FluxTransformer2DModel.from_pretrained(
+        transformer=transformer if transformer is not None else FluxTransformer2DModel.from_pretrained(
             transformer_path or base, subfolder=transformer_sub, revision=rev, dtype=dtype),
         vae=AutoencoderKL.from_pretrained(vae_path or base, subfolder=vae_sub, revision=rev, dtype=dtype),
         text_encoder=CLIPTextModel.from_pretrained(base, subfolder="text_encoder", revision=rev, dtype=dtype),
