@@ -170,6 +170,48 @@ def one(level: str, side: int, steps: int, scale: str, text_tokens: int, checkpo
                 plan_gb=sum(plan.values()) / GB, plan={k: v / GB for k, v in plan.items()})
 
 
+LOADERS = ("from_pretrained", "from_pretrained+quantize", "stream", "stream+fill-cache", "stream+cache")
+
+
+def loading(mode: str, folder: str, level: str, cache_dir: str) -> dict:
+    """Peak RSS of getting a quantised transformer from a diffusers folder into memory, one way or another."""
+    import psutil
+    import torch
+    from diffusers import FluxTransformer2DModel
+
+    from simpletuner_pl.quantization import KEEP, quantize_model
+    from simpletuner_pl.quantization.backends import converter
+    from simpletuner_pl.quantization.cache import UnitCache, cache_key
+    from simpletuner_pl.quantization.streaming import stream_load, weight_index
+    import simpletuner_pl.quantization as quantization
+    import bitsandbytes, optimum.quanto, torchao  # noqa: F401,E401
+
+    baseline, precision, cpu = psutil.Process().memory_info().rss, LEVELS[level], torch.device("cpu")
+    start = time.perf_counter()
+    if mode.startswith("from_pretrained"):
+        model = FluxTransformer2DModel.from_pretrained(folder, dtype=torch.bfloat16)
+        if mode.endswith("quantize"):
+            quantize_model(model, precision, KEEP["flux"])
+        else:  # diffusers maps the file lazily: read every weight once, as the first training step will
+            torch.stack([p.detach().float().sum() for p in model.parameters()]).sum()
+    elif mode == "stream":
+        model = stream_load(FluxTransformer2DModel, Path(folder), torch.bfloat16, converter(precision), KEEP["flux"], cpu)
+    else:  # "stream+fill-cache" quantises and writes the cache, then "stream+cache" (a new process) reads it
+        model = quantization._load(FluxTransformer2DModel, Path(folder), torch.bfloat16, precision, cpu, cache_dir)
+        assert UnitCache(cache_dir, cache_key(list(weight_index(Path(folder)).values()), precision, torch.bfloat16,
+                                              KEEP["flux"]), precision).complete
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
+    from simpletuner_pl.memory.estimate import weight_bytes
+
+    with torch.device("meta"):
+        meta = FluxTransformer2DModel.from_config(FluxTransformer2DModel.load_config(folder))
+    return dict(mode=mode, level=level, peak_gb=peak / GB, seconds=seconds,
+                quantised_gb=weight_bytes(meta, precision if "quantize" in mode or "stream" in mode else "no_change",
+                                          2, KEEP["flux"]) / GB, bf16_gb=weight_bytes(meta, "no_change", 2) / GB,
+                layers=sum(1 for _ in model.modules()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--levels", nargs="+", default=list(LEVELS), choices=list(LEVELS))
@@ -180,11 +222,17 @@ def main() -> None:
     parser.add_argument("--no-checkpointing", action="store_true")
     parser.add_argument("--compile", action="store_true", help="also run each level with compiled blocks")
     parser.add_argument("--json", type=Path, help="append one JSON line per configuration here")
+    parser.add_argument("--loading", type=Path, help="instead: peak RAM of each way of loading this folder's "
+                        "transformer (a diffusers transformer folder) at the first of --levels")
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--load-one", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.one:
-        print("RESULT " + json.dumps(one(**json.loads(args.one))))
+    if args.one or args.load_one:
+        result = one(**json.loads(args.one)) if args.one else loading(**json.loads(args.load_one))
+        print("RESULT " + json.dumps(result))
         return
+    if args.loading:
+        return compare_loading(args.loading, args.levels[0])
     import torch
 
     scale = args.scale or ("full" if torch.cuda.is_available() else "small")
@@ -195,16 +243,10 @@ def main() -> None:
             for compile_ in ([False, True] if args.compile and level != "nf4" else [False]):
                 spec = dict(level=level, side=side, steps=args.steps, scale=scale, text_tokens=args.text_tokens,
                             checkpointing=not args.no_checkpointing, compile_=compile_)
-                # Fixed mmap threshold: glibc then returns every freed tensor >= 128 KiB to the OS at once, so peak
-                # RSS is peak live memory instead of whatever the heap held on to.
-                env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), MALLOC_MMAP_THRESHOLD_="131072")
-                proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], env=env,
-                                      capture_output=True, text=True)
-                line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-                if proc.returncode or not line:
-                    print(f"{level} {side}px failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+                result = child("--one", spec)
+                if result is None:
                     continue
-                rows.append(json.loads(line[0][7:]))
+                rows.append(result)
                 if args.json:
                     with args.json.open("a") as handle:
                         handle.write(json.dumps(rows[-1]) + "\n")
@@ -216,6 +258,30 @@ def main() -> None:
         print(f"{r['level']:<12}{r['px']:>6}{str(r['compile']):>8}{r['peak_gb']:>9.3f}{r['plan_gb']:>9.3f}"
               f"{(r['plan_gb'] - r['peak_gb']) / r['peak_gb']:>+7.0%}{act_cols}{r['s_per_step']:>8.2f}"
               f"  {r['device']} ({r['scale']})")
+
+
+def child(flag: str, spec: dict) -> dict | None:
+    # Fixed mmap threshold: glibc then returns every freed tensor >= 128 KiB to the OS at once, so peak RSS is
+    # peak live memory instead of whatever the heap held on to.
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), MALLOC_MMAP_THRESHOLD_="131072")
+    proc = subprocess.run([sys.executable, __file__, flag, json.dumps(spec)], env=env, capture_output=True, text=True)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode or not line:
+        print(f"{spec} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(line[0][7:])
+
+
+def compare_loading(folder: Path, level: str) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as cache_dir:
+        rows = [child("--load-one", dict(mode=m, folder=str(folder), level=level, cache_dir=cache_dir))
+                for m in LOADERS]
+    print(f"{'loader':<26}{'level':<8}{'peak RAM GB':>12}{'model GB':>10}{'bf16 GB':>9}{'seconds':>9}")
+    for r in filter(None, rows):
+        print(f"{r['mode']:<26}{r['level']:<8}{r['peak_gb']:>12.2f}{r['quantised_gb']:>10.2f}{r['bf16_gb']:>9.2f}"
+              f"{r['seconds']:>9.1f}")
 
 
 if __name__ == "__main__":

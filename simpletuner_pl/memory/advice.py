@@ -38,6 +38,9 @@ def knobs(cfg, side: int) -> List[List[Change]]:
     if not offload.model_cpu_offload:
         groups.append([NONE, Change(("offload=encoders",), (("offload.model_cpu_offload", True),
                                     ("offload.offload_during_startup", True), ("offload.vae_enable_tiling", True)), 1)])
+    if quant.text_encoder_2_precision == "no_change":  # T5-XXL: 9 GB in bf16, the startup peak of low-VRAM runs
+        groups.append([NONE, Change(("quant.text_encoder_2_precision=int8-quanto",),
+                                    (("quant.text_encoder_2_precision", "int8-quanto"),), 1)])
     if cfg.optimizer.name in ("adamw", "optimi_stableadamw", "prodigy"):
         groups.append([NONE, Change(("optimizer=bnb_adamw8bit",), (("optimizer.name", "bnb_adamw8bit"),), 1)])
     names = [p for p, _, _ in QUANT_STEPS]
@@ -75,7 +78,7 @@ def suggest(cfg, facts: Facts, budget: int, side: Optional[int] = None, limit: i
         changes = [c for c in combo if c is not NONE]
         if not changes:
             continue
-        overrides = [o for c in changes for o in c.overrides]
+        overrides = sorted((o for c in changes for o in c.overrides), key=lambda o: "." in o.split("=")[0])
         if any(set(f) <= set(overrides) for f, _ in found):
             continue  # adds changes to a suggestion that already fits
         variant, variant_side = apply(cfg, [s for c in changes for s in c.settings], side)

@@ -144,8 +144,12 @@ def assemble(cfg, facts: Facts, gpu: bool = True, side: Optional[int] = None) ->
     est.gpu_training = transformer_gpu + parts["adapter weights+grads"] + parts["optimizer states"] + \
         parts["activations"] + overhead
     if gpu:
-        loading = facts.block_bytes * db // 2 if quant.quantize_via == "accelerator" and \
-            quant.base_model_precision != "no_change" else parts["transformer weights"]
+        # Quantised: streamed one float block at a time, to the GPU (accelerator) or kept in RAM until the move
+        # (cpu); unquantised: one bf16 copy. Measured: bench_memory.py --loading, experiments/RESULTS.md.
+        block = facts.block_bytes * db // 2
+        streamed = quant.base_model_precision != "no_change"
+        loading = (block if quant.quantize_via == "accelerator" else parts["transformer weights"] + block) \
+            if streamed else parts["transformer weights"]
         resident = parts["transformer weights"] * (2 if offload.use_stream else 1) if grouped else 0
         est.ram = PROCESS_BASELINE + max(loading, resident) + sum(encoders)
     else:

@@ -79,7 +79,8 @@ def weight_index(folder: Path) -> Dict[str, Path]:
 
 def read_tensors(keys: Sequence[str], index: Dict[str, Path], strip: str, dtype: torch.dtype,
                  device: torch.device) -> Dict[str, torch.Tensor]:
-    """Read `keys`, opening each file only for this call: mapped pages are released with the handle."""
+    """Read `keys` as copies (safetensors hands out views of its memory map; a view kept by an unquantised layer
+    would keep the whole file mapped and resident), opening each file only for this call."""
     from safetensors import safe_open
 
     by_file = defaultdict(list)
@@ -90,8 +91,7 @@ def read_tensors(keys: Sequence[str], index: Dict[str, Path], strip: str, dtype:
         with safe_open(path, "pt", device="cpu") as handle:
             for key in file_keys:
                 tensor = handle.get_tensor(key)
-                tensor = tensor.to(dtype) if tensor.is_floating_point() else tensor
-                out[key[len(strip):]] = tensor.to(device)
+                out[key[len(strip):]] = tensor.to(device, dtype if tensor.is_floating_point() else None, copy=True)
     return out
 
 
