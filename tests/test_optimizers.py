@@ -85,6 +85,7 @@ def test_self_clipping_optimizers_skip_max_grad_norm():
     ("constant_with_warmup", [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]),
     ("cosine", [0.25, 0.5, 0.75, 1.0, 0.5 * (1 + math.cos(math.pi / 6)), 0.5 * (1 + math.cos(math.pi / 3))]),
     ("linear", [0.25, 0.5, 0.75, 1.0, 5 / 6, 4 / 6]),
+    ("polynomial", [0.25, 0.5, 0.75, 1.0] + [(1 - 1e-7) * (1 - k / 6) ** 0.8 + 1e-7 for k in (1, 2)]),
 ])
 def test_lr_schedules_with_warmup(schedule, expected):
     from conftest import tiny_flux_module
