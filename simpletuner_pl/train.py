@@ -6,7 +6,7 @@ source) runs before the first weight is loaded, and heavy libraries are imported
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Optional
@@ -65,12 +65,7 @@ def build_trainer(cfg, output_dir: Path, resume_step: Optional[int] = None):
         limit_val_batches=0,
         enable_model_summary=False,
     )
-    overrides = dict(cfg.trainer)
-    valid = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
-    unknown = sorted(set(overrides) - valid)
-    if unknown:
-        raise ConfigError(f"unknown lightning.Trainer argument(s) trainer.{', trainer.'.join(unknown)}; "
-                          f"valid: {', '.join(sorted(valid))}")
+    overrides = {k: v for k, v in dataclasses.asdict(cfg.trainer).items() if v is not None}
     kwargs.update(overrides)
     return L.Trainer(**kwargs)
 

@@ -60,3 +60,10 @@ def test_rank_alpha_dropout_and_dora_reach_peft():
 def test_alpha_defaults_to_rank():
     module = tiny_flux_module("adapter.rank=6")
     assert module.transformer.peft_config["default"].lora_alpha == 6
+
+
+def test_denoiser_trains_in_train_mode_and_encoders_stay_in_eval():
+    module = tiny_flux_module()
+    assert module.transformer.training
+    module.train()
+    assert module.transformer.training and not module.text_encoder_2.training and not module.vae.training

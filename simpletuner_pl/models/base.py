@@ -34,6 +34,9 @@ class DiffusionModule(L.LightningModule):
             setattr(self, name, component)
         self._text_cache: Dict[str, Dict[str, torch.Tensor]] = {}
         self.attach_adapter()
+        # Lightning keeps each submodule's mode through fit, so the denoiser must be put in train mode here
+        # (adapter dropout, bitsandbytes' training path); the frozen encoders stay in eval.
+        self.denoiser.train()
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -67,7 +70,7 @@ class DiffusionModule(L.LightningModule):
             datamodule.build_caches(self)
 
     def train(self, mode: bool = True):
-        """Lightning switches everything to train mode at fit start; frozen encoders must stay in eval (dropout)."""
+        """`module.train()` (e.g. after a validation round) must not turn on dropout in the frozen encoders."""
         super().train(mode)
         for name in self.frozen_names:
             if name != self.denoiser_name:
