@@ -74,6 +74,7 @@ def test_meta_activation_profile_matches_real_saved_tensors(precision):
     lora = LoraConfig(r=4, lora_alpha=4, target_modules=FLUX_TARGET_PRESETS["all"], init_lora_weights="gaussian")
     torch.manual_seed(0)
     real = FluxTransformer2DModel(**MID).to(torch.bfloat16)
+    real.set_attention_backend("native")  # the dispatcher's choice is process-wide; don't inherit another test's
     quantize_model(real, precision, KEEP["flux"])
     real.add_adapter(lora)
     cast_training_params(real, dtype=torch.float32)

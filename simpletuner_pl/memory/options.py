@@ -35,7 +35,9 @@ def configure_components(cfg, components: Dict[str, object], denoiser_name: str)
             _check_attention_backend_requirements(ATTENTION[backend])
         except Exception as err:  # diffusers says which package is missing
             raise ConfigError(f"model.attention_backend={backend}: {err}. Use model.attention_backend=sdpa.") from None
-        components[denoiser_name].set_attention_backend(ATTENTION[backend])
+    # Set even for sdpa: diffusers also stores the choice process-wide, so an earlier run in the same process
+    # (a notebook, a test session) must not leak its backend into this one.
+    components[denoiser_name].set_attention_backend(ATTENTION[backend])
     if cfg.offload.vae_enable_tiling and "vae" in components:
         components["vae"].enable_tiling()
 
