@@ -27,7 +27,6 @@ class FluxModule(DiffusionModule):
         super().__init__(cfg, components)
         self.scheduler_config = dict(components["scheduler"].config)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self._text_cache: Dict[str, Dict[str, torch.Tensor]] = {}
 
     @property
     def weight_dtype(self) -> torch.dtype:
@@ -46,48 +45,6 @@ class FluxModule(DiffusionModule):
                               truncation=True, return_tensors="pt")
         embeds = self.text_encoder_2(t5.input_ids.to(device), output_hidden_states=False)[0]
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "attention_mask": t5.attention_mask.to(device)}
-
-    def text_conditioning(self, captions: List[str]) -> Dict[str, torch.Tensor]:
-        """Encode each distinct caption once per run (captions repeat every epoch)."""
-        missing = sorted({c for c in captions if c not in self._text_cache})
-        if missing:
-            encoded = self.encode_prompts(missing)
-            for i, caption in enumerate(missing):
-                self._text_cache[caption] = {k: v[i] for k, v in encoded.items()}
-        return {k: torch.stack([self._text_cache[c][k] for c in captions]) for k in self._text_cache[captions[0]]}
-
-    def cache_identity(self) -> Dict[str, str]:
-        """Strings that change whenever the VAE or the text encoders would encode differently (class, config,
-        dtype, quantisation, a fingerprint of the weights); the data caches key their entries on them."""
-        import hashlib
-        import json
-
-        def describe(*names: str) -> str:
-            parts = []
-            for name in names:
-                component = getattr(self, name)
-                config = getattr(component, "config", {})
-                config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-                tensors = [t for t in component.state_dict().values() if torch.is_tensor(t) and t.is_floating_point()]
-                digest = hashlib.sha256()
-                for tensor in tensors[:2] + tensors[-2:]:
-                    digest.update(tensor.detach().flatten()[:4096].float().cpu().numpy().tobytes())
-                parts.append(f"{type(component).__name__}:{next(component.parameters()).dtype}:"
-                             f"{json.dumps(config, sort_keys=True, default=str)}:{digest.hexdigest()}")
-            return "|".join(parts)
-
-        quant = self.cfg.quant
-        text = f"{describe('text_encoder', 'text_encoder_2')}|{quant.text_encoder_1_precision}|" \
-               f"{quant.text_encoder_2_precision}|{len(self.tokenizer)}|{len(self.tokenizer_2)}"
-        return {"vae": describe("vae"), "text": text}
-
-    @torch.no_grad()
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Pixels in [-1, 1] → one posterior sample, shifted and scaled as Flux expects."""
-        vae = self.vae
-        latents = vae.encode(pixel_values.to(vae.device, vae.dtype)).latent_dist.sample()
-        shift = getattr(vae.config, "shift_factor", None) or 0.0
-        return (latents - shift) * vae.config.scaling_factor
 
     # ---- denoiser ------------------------------------------------------------------------------------------------
     def predict_velocity(self, noisy: torch.Tensor, sigmas: torch.Tensor, text: Dict[str, torch.Tensor],
