@@ -56,6 +56,9 @@ def check_budget(cfg) -> None:
 
     from simpletuner_pl.memory.options import training_device
 
+    if cfg.model.family != "flux":
+        log.info("memory plan: the planner models Flux only; no estimate for %s", cfg.model.family)
+        return
     try:
         device = training_device(cfg)
         if device.type == "cuda":

@@ -37,7 +37,8 @@ def checkpoint_step(ckpt_path: Optional[str]) -> Optional[int]:
         return None
     import torch
 
-    return torch.load(ckpt_path, map_location="cpu", weights_only=False)["global_step"]
+    # mmap: a full fine-tune checkpoint holds the whole denoiser; only one integer is needed here.
+    return torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)["global_step"]
 
 
 def build_trainer(cfg, output_dir: Path, resume_step: Optional[int] = None):
