@@ -184,3 +184,28 @@ def test_resume_keeps_eval_history_and_best_and_skips_the_startup_round(eval_run
     assert [json.dumps(h) for h in history[:2]] == first
     best = json.loads((tmp_path / "run/adapter/best/best.json").read_text())
     assert best["eval_loss"] == min(h["eval_loss"] for h in history)
+
+
+def test_dataset_type_eval_is_held_out_and_feeds_the_eval_loss(eval_runs, tmp_path):
+    """A `dataset_type: eval` dataset in the data config: never trained on, evaluated like the folder option."""
+    from omegaconf import OmegaConf
+
+    from simpletuner_pl.data.config import DatasetConfig
+    from simpletuner_pl.train import run
+
+    tmp, _, evaluated = eval_runs
+    cfg = OmegaConf.to_object(compose(
+        "experiment=demo", "data=local", f"data.datasets.main.instance_data_dir={tmp / 'train'}",
+        "data.datasets.main.resolution=64", "data.num_workers=0", "train.max_steps=4", "train.log_every_n_steps=1",
+        "trainer.accelerator=cpu", f"data.cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'run'}",
+        "eval=loss", "eval.eval_loss.every_n_steps=2"))
+    cfg.data.datasets["held_out"] = DatasetConfig(dataset_type="eval", instance_data_dir=str(tmp / "held_out"),
+                                                  caption_strategy="textfile", resolution=64)
+    run(cfg)
+    buckets = json.loads((tmp_path / "run" / "data" / "buckets.json").read_text())
+    assert "held_out" not in buckets and "main" in buckets  # the eval images were not indexed for training
+    ours = metric_rows(tmp_path / "run", "eval/loss")
+    folder_option = metric_rows(tmp / "b", "eval/loss")
+    assert [step for step, _ in ours] == [step for step, _ in folder_option]
+    # same held-out images, same training: the same eval losses
+    assert [loss for _, loss in ours] == pytest.approx([loss for _, loss in folder_option], abs=1e-6)

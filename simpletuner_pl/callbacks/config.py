@@ -130,7 +130,7 @@ def _check_eval_loss(cfg) -> None:
                           f"{RESOLUTION_MULTIPLE}")
     held_out = held_out_source(cfg)  # raises when there is none
     for name, ds in cfg.data.enabled().items():
-        if getattr(ds, "dataset_type", "image") == "eval" or not ds.instance_data_dir:
+        if ds.dataset_type == "eval" or not ds.instance_data_dir:
             continue
         train_dir = Path(ds.instance_data_dir).expanduser().resolve()
         if held_out.root == train_dir or train_dir in held_out.root.parents or held_out.root in train_dir.parents:

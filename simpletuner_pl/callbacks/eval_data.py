@@ -29,7 +29,7 @@ class HeldOut:
 
 def _training_resolution(cfg) -> int:
     for ds in cfg.data.enabled().values():
-        if getattr(ds, "dataset_type", "image") != "eval" and getattr(ds, "resolution_type", "pixel") != "area":
+        if ds.dataset_type != "eval" and getattr(ds, "resolution_type", "pixel") != "area":
             return int(ds.resolution) // 16 * 16
     return DEFAULT_RESOLUTION
 
@@ -40,7 +40,7 @@ def held_out_source(cfg) -> HeldOut:
     if loss.instance_data_dir:
         root, setting, strategy = loss.instance_data_dir, "eval.eval_loss.instance_data_dir", loss.caption_strategy
     else:
-        evals = {n: ds for n, ds in cfg.data.enabled().items() if getattr(ds, "dataset_type", "image") == "eval"}
+        evals = {n: ds for n, ds in cfg.data.enabled().items() if ds.dataset_type == "eval"}
         if not evals:
             raise ConfigError("eval.eval_loss.enabled=true needs held-out images: set "
                               "eval.eval_loss.instance_data_dir=/path/to/held_out (never trained on), or add a "

@@ -165,12 +165,12 @@ def _report_skipped(name: str, index: DatasetIndex, total: int) -> None:
 
 
 def discover_all(cfg) -> Dict[str, DatasetIndex]:
-    """Index every enabled dataset; raise DataError when one cannot give a single batch."""
+    """Index every enabled training dataset; raise DataError when one cannot give a single batch."""
     data, train = cfg.data, cfg.train
     listings: Dict[Tuple[Path, bool], Listing] = {}
     effective, batch = effective_batch(train, expected_world_size(cfg.trainer))
     catalog = {}
-    for name, ds in data.enabled().items():
+    for name, ds in data.training().items():
         key = (_check_folder(name, ds).resolve(), ds.caption_strategy == "textfile")
         if key not in listings:
             listings[key] = discover(key[0], data.cache_root(), read_sidecars=key[1])

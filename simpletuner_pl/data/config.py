@@ -35,6 +35,7 @@ class ParquetConfig:
 @dataclass
 class DatasetConfig:
     type: str = _choice("local", "local")
+    dataset_type: str = _choice("image", "image", "eval")  # eval: held out for the eval loss, never trained on
     instance_data_dir: Optional[str] = None
     huggingface_dataset: Optional[str] = None  # hub dataset this folder downloads from: named when it is missing
     caption_strategy: str = _choice("filename", *CAPTION_STRATEGIES)
@@ -78,6 +79,10 @@ class DataConfig:
     def enabled(self) -> Dict[str, DatasetConfig]:
         return {name: ds for name, ds in self.datasets.items() if not ds.disabled}
 
+    def training(self) -> Dict[str, DatasetConfig]:
+        """The enabled datasets that are trained on (`dataset_type: eval` ones are held out)."""
+        return {name: ds for name, ds in self.enabled().items() if ds.dataset_type == "image"}
+
     def cache_root(self) -> Path:
         if self.cache_dir:
             return Path(self.cache_dir).expanduser()
@@ -96,16 +101,16 @@ class DataConfig:
         from simpletuner_pl.config import _check_choices
         from simpletuner_pl.errors import ConfigError
 
-        if not self.enabled():
+        if not self.training():
             raise ConfigError(
-                "no enabled dataset: pick one with data=demo|local and, for data=local, "
+                "no enabled training dataset (dataset_type=image): pick one with data=demo|local and, for data=local, "
                 "data.datasets.main.instance_data_dir=/path/to/images"
             )
         if self.vae_batch_size < 1 or self.text_embeds.write_batch_size < 1:
             raise ConfigError("data.vae_batch_size and data.text_embeds.write_batch_size must be >= 1")
         if self.num_workers < 0:
             raise ConfigError("data.num_workers must be >= 0")
-        if not any(ds.probability > 0 for ds in self.enabled().values()):
+        if not any(ds.probability > 0 for ds in self.training().values()):
             raise ConfigError("every enabled dataset has probability 0: give at least one "
                               "data.datasets.<id>.probability > 0")
         for name, ds in self.enabled().items():

@@ -23,7 +23,7 @@ ENCODERS = {"text_encoder": "text_encoder_1_precision", "text_encoder_2": "text_
 def run_resolution(cfg) -> int:
     """Edge of the largest square training image, in pixels, over the enabled datasets."""
     sides = []
-    for ds in cfg.data.enabled().values():
+    for ds in cfg.data.training().values():
         r = ds.resolution
         side = math.sqrt(r * 1e6) if ds.resolution_type == "area" else r
         sides.append(int(ds.maximum_image_size or side) if ds.resolution_type == "pixel" else int(side))
