@@ -23,6 +23,20 @@ def subfolder(value: Optional[str]) -> Optional[str]:
     return None if value in (None, "", "none", "None") else value
 
 
+def component_source(base: str, override: Optional[str], override_subfolder: Optional[str],
+                     default_subfolder: str) -> tuple:
+    """(location, subfolder) of one component: the override with its own subfolder, else the base's folder."""
+    return (override, subfolder(override_subfolder)) if override else (base, default_subfolder)
+
+
+def cast_modules(components: dict, names, dtype: torch.dtype) -> dict:
+    """Random-init tiny components are built in fp32; cast the weighted ones to the run's dtype."""
+    if dtype != torch.float32:
+        for name in names:
+            components[name].to(dtype)
+    return components
+
+
 @dataclass(frozen=True)
 class Source:
     what: str
@@ -117,24 +131,22 @@ def load_flux_components(model_cfg, dtype: torch.dtype, transformer: Optional[to
     if model_cfg.flavour == "tiny" and not model_cfg.pretrained_model_name_or_path:
         from simpletuner_pl.models.tiny import build_tiny_flux_components
 
-        components = build_tiny_flux_components()
-        if dtype != torch.float32:
-            for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
-                components[name].to(dtype)
-        return components
+        return cast_modules(build_tiny_flux_components(), ("transformer", "vae", "text_encoder", "text_encoder_2"),
+                            dtype)
 
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
 
     base, rev = model_cfg.pretrained_model_name_or_path, model_cfg.revision
-    transformer_path = model_cfg.pretrained_transformer_model_name_or_path
-    transformer_sub = subfolder(model_cfg.pretrained_transformer_subfolder) if transformer_path else "transformer"
-    vae_path = model_cfg.pretrained_vae_model_name_or_path
-    vae_sub = subfolder(model_cfg.pretrained_vae_subfolder) if vae_path else "vae"
+    transformer_path, transformer_sub = component_source(
+        base, model_cfg.pretrained_transformer_model_name_or_path, model_cfg.pretrained_transformer_subfolder,
+        "transformer")
+    vae_path, vae_sub = component_source(base, model_cfg.pretrained_vae_model_name_or_path,
+                                         model_cfg.pretrained_vae_subfolder, "vae")
     return dict(
         transformer=transformer if transformer is not None else FluxTransformer2DModel.from_pretrained(
-            transformer_path or base, subfolder=transformer_sub, revision=rev, dtype=dtype),
-        vae=AutoencoderKL.from_pretrained(vae_path or base, subfolder=vae_sub, revision=rev, dtype=dtype),
+            transformer_path, subfolder=transformer_sub, revision=rev, dtype=dtype),
+        vae=AutoencoderKL.from_pretrained(vae_path, subfolder=vae_sub, revision=rev, dtype=dtype),
         text_encoder=CLIPTextModel.from_pretrained(base, subfolder="text_encoder", revision=rev, dtype=dtype),
         tokenizer=AutoTokenizer.from_pretrained(base, subfolder="tokenizer", revision=rev),
         text_encoder_2=T5EncoderModel.from_pretrained(base, subfolder="text_encoder_2", revision=rev, dtype=dtype),

@@ -10,7 +10,7 @@ from typing import List
 
 import torch
 
-from simpletuner_pl.models.loading import Source, subfolder
+from simpletuner_pl.models.loading import Source, cast_modules, component_source, subfolder
 
 BASE_KEY = "model.pretrained_model_name_or_path"
 VAE_KEY = "model.pretrained_vae_model_name_or_path (null = the base model's own vae/)"
@@ -42,19 +42,16 @@ def load_sdxl_components(model_cfg, dtype: torch.dtype) -> dict:
 
         components = build_tiny_sdxl_components()
         components["scheduler"] = DDPMScheduler.from_config(components["scheduler"].config)
-        if dtype != torch.float32:
-            for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
-                components[name].to(dtype)
-        return components
+        return cast_modules(components, ("unet", "vae", "text_encoder", "text_encoder_2"), dtype)
 
     base, rev = model_cfg.pretrained_model_name_or_path, model_cfg.revision
-    unet_path = model_cfg.pretrained_unet_model_name_or_path
-    unet_sub = subfolder(model_cfg.pretrained_unet_subfolder) if unet_path else "unet"
-    vae_path = model_cfg.pretrained_vae_model_name_or_path
-    vae_sub = subfolder(model_cfg.pretrained_vae_subfolder) if vae_path else "vae"
+    unet_path, unet_sub = component_source(base, model_cfg.pretrained_unet_model_name_or_path,
+                                           model_cfg.pretrained_unet_subfolder, "unet")
+    vae_path, vae_sub = component_source(base, model_cfg.pretrained_vae_model_name_or_path,
+                                         model_cfg.pretrained_vae_subfolder, "vae")
     return dict(
-        unet=UNet2DConditionModel.from_pretrained(unet_path or base, subfolder=unet_sub, revision=rev, dtype=dtype),
-        vae=AutoencoderKL.from_pretrained(vae_path or base, subfolder=vae_sub, revision=rev, dtype=dtype),
+        unet=UNet2DConditionModel.from_pretrained(unet_path, subfolder=unet_sub, revision=rev, dtype=dtype),
+        vae=AutoencoderKL.from_pretrained(vae_path, subfolder=vae_sub, revision=rev, dtype=dtype),
         text_encoder=CLIPTextModel.from_pretrained(base, subfolder="text_encoder", revision=rev, dtype=dtype),
         text_encoder_2=CLIPTextModelWithProjection.from_pretrained(base, subfolder="text_encoder_2", revision=rev,
                                                                    dtype=dtype),
