@@ -60,7 +60,7 @@ def floor(paths) -> float:
     start = time.perf_counter()
     for path in paths:
         with Image.open(path) as image:
-            image.size
+            _ = image.size  # the header is parsed here
     return time.perf_counter() - start
 
 
@@ -87,20 +87,18 @@ def bench_discovery(folder: Path, paths, cache_root: Path) -> dict:
 def bench_latents(folder: Path, count: int, cache_root: Path, batch_size: int, workers: int) -> dict:
     import torch
 
-    from simpletuner_pl.cli import compose
+    from simpletuner_pl.config import compose, to_typed
     from simpletuner_pl.data.cache import TensorCache, latent_key
     from simpletuner_pl.data.catalog import discover_all
     from simpletuner_pl.data.encode import encode_latents
-    from simpletuner_pl.models import build_module
+    from simpletuner_pl.models.build import build_module
 
     # Decoding workers and the VAE share the CPU cores: oversubscribed OpenMP threads spin and stall.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
     cfg = compose(["experiment=demo", "data=local", f"data.datasets.main.instance_data_dir={folder}",
                    "data.datasets.main.resolution=64", f"data.cache_dir={cache_root}", "trainer.accelerator=cpu"])
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.to_object(cfg)
-    samples = discover_all(cfg)["main"].samples[:count]
+    cfg = to_typed(cfg)
+    samples = discover_all(cfg.data, cfg.train, cfg.trainer)["main"].samples[:count]
     module = build_module(cfg)
     identity = module.cache_identity()["vae"]
     jobs = [(latent_key(s.identity, s.geometry, identity), s.path, s.geometry) for s in samples]
@@ -115,11 +113,12 @@ def bench_texts(module, count: int, cache_root: Path) -> dict:
     from simpletuner_pl.data.cache import TensorCache, text_key
     from simpletuner_pl.data.encode import encode_texts
 
-    words = "a photo of red green blue cat dog car tree house on the street at night in snow".split()
+    words = ["a", "photo", "of", "red", "green", "blue", "cat", "dog", "car", "tree", "house", "on", "the", "street",
+             "at", "night", "in", "snow"]
     rng = np.random.default_rng(0)
     captions = [" ".join(rng.choice(words, int(rng.integers(4, 16)))) + f" {i}" for i in range(count)]
     identity = module.cache_identity()["text"]
-    todo = [(text_key(c, identity, module.cfg.model.t5_max_length), c) for c in captions]
+    todo = [(text_key(c, identity, module.model_cfg.t5_max_length), c) for c in captions]
     cache = TensorCache(cache_root / "text")
     seconds, _ = timed(lambda: encode_texts(module, todo, cache, 128))
     size = sum(f.stat().st_size for f in cache.root.rglob("*.safetensors"))
@@ -160,7 +159,7 @@ def main(argv=None) -> dict:
             result.update(lat)
             if args.captions:
                 txt = bench_texts(module, args.captions, Path(tmp) / "cache")
-                print(f"text-embed caching (tiny CLIP/T5, t5_max_length={module.cfg.model.t5_max_length}): "
+                print(f"text-embed caching (tiny CLIP/T5, t5_max_length={module.model_cfg.t5_max_length}): "
                       f"{txt['captions']} captions in {txt['caption_seconds']:.2f} s = {txt['captions_per_s']:.0f}/s, "
                       f"{txt['text_bytes'] / 1e6:.1f} MB on disk")
                 result.update(txt)

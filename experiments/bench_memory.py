@@ -30,6 +30,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from simpletuner_pl.models.flux_spec import FLUX  # noqa: E402  (torch-free)
+
+KEEP = FLUX.keep_high_precision
+
 FLUX1_DEV = dict(in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
                  joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56))
 SMALL = dict(FLUX1_DEV, num_layers=2, num_single_layers=4, num_attention_heads=4, joint_attention_dim=512)
@@ -46,7 +50,7 @@ def build(config: dict, precision: str, device, dtype):
     from accelerate import init_empty_weights
     from diffusers import FluxTransformer2DModel
 
-    from simpletuner_pl.quantization import KEEP, mark
+    from simpletuner_pl.quantization import flag_4bit
     from simpletuner_pl.quantization.backends import converter
     from simpletuner_pl.quantization.streaming import convert_tree, iter_units
 
@@ -59,9 +63,10 @@ def build(config: dict, precision: str, device, dtype):
             for pname, p in unit.named_parameters():
                 p.data = (p.data.normal_(0, 0.02) if p.dim() > 1 else
                           p.data.fill_(1.0 if pname.endswith("weight") else 0.0)).to(dtype)
-        if convert and name.split(".")[0] not in KEEP["flux"]:
+        if convert and name.split(".")[0] not in KEEP:
             convert_tree(model, name, convert)
-    mark(model, precision)
+    if precision != "no_change":
+        flag_4bit(model, precision)
     return model.requires_grad_(False)
 
 
@@ -80,10 +85,10 @@ def saved_activations(model, inputs: dict, checkpointing: bool) -> int:
     """Bytes autograd keeps for the backward pass, with real tensors (same accounting as the planner's meta run)."""
     import torch
 
-    from simpletuner_pl.callbacks.checkpointing_interval import selected_blocks
-    from simpletuner_pl.memory.activations import profile_activations
+    from simpletuner_pl.memory.checkpointing import selected_blocks
+    from simpletuner_pl.planner.activations import profile_activations
 
-    blocks = selected_blocks(model, 1)
+    blocks = selected_blocks(model)
     with torch.autocast(inputs["hidden_states"].device.type, dtype=torch.bfloat16):
         profile = profile_activations(model, blocks, **inputs)
     return profile.kept_bytes(blocks if checkpointing else [])
@@ -94,19 +99,19 @@ def planner(config: dict, precision: str, side: int, text_tokens: int, checkpoin
     import torch
     from diffusers import FluxTransformer2DModel
 
-    from simpletuner_pl.cli import compose
-    from simpletuner_pl.memory.budget import Facts, assemble
-    from simpletuner_pl.memory.estimate import meta_components
-    from omegaconf import OmegaConf
+    from simpletuner_pl.config import compose, to_typed
+    from simpletuner_pl.models.flux_planner import meta_components
+    from simpletuner_pl.models.registry import family
+    from simpletuner_pl.planner.budget import Facts, assemble
 
-    cfg = OmegaConf.to_object(compose(["model=flux", f"quant.base_model_precision={precision}", "adapter.rank=16",
+    cfg = to_typed(compose(["model=flux", f"quant.base_model_precision={precision}", "adapter.rank=16",
                                        "adapter.target=all", "adapter.dropout=0", "optimizer=adamw",
                                        f"train.gradient_checkpointing={str(checkpointing).lower()}",
                                        f"model.t5_max_length={text_tokens}"]))
     components = meta_components(cfg.model)
     with torch.device("meta"):
         components["transformer"] = FluxTransformer2DModel(**config)
-    est = assemble(cfg, Facts(cfg, components=components), side=side)
+    est = assemble(cfg, Facts(cfg, family("flux"), components=components), side=side)
     keys = ("transformer weights", "adapter weights+grads", "optimizer states", "activations")
     return {k: est.parts[k] for k in keys}
 
@@ -114,25 +119,25 @@ def planner(config: dict, precision: str, side: int, text_tokens: int, checkpoin
 def one(level: str, side: int, steps: int, scale: str, text_tokens: int, checkpointing: bool, compile_: bool):
     import psutil
     import torch
-    from peft import LoraConfig
     from diffusers.training_utils import cast_training_params
+    from peft import LoraConfig
 
-    from simpletuner_pl.adapters.lora import FLUX_TARGET_PRESETS
-    from simpletuner_pl.callbacks.checkpointing_interval import enable_gradient_checkpointing
-    from simpletuner_pl.memory.options import compile_blocks
+    from simpletuner_pl.config.registries import FLUX_TARGETS
+    from simpletuner_pl.memory.checkpointing import enable_gradient_checkpointing
+    from simpletuner_pl.memory.compile import compile_blocks
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     config = SCALES[scale]
     plan = planner(config, LEVELS[level], side, text_tokens, checkpointing)  # first: its imports join the baseline
-    import bitsandbytes, optimum.quanto, torchao  # noqa: F401,E401  (so do the backends')
+    import bitsandbytes  # noqa: F401  (so do the backends')
 
     baseline = psutil.Process().memory_info().rss
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(0)
     model = build(config, LEVELS[level], device, torch.bfloat16)
-    model.add_adapter(LoraConfig(r=16, lora_alpha=16, target_modules=FLUX_TARGET_PRESETS["all"],
+    model.add_adapter(LoraConfig(r=16, lora_alpha=16, target_modules=list(FLUX_TARGETS.presets["all"]),
                                  init_lora_weights="gaussian"))
     cast_training_params(model, dtype=torch.float32)
     model.train()
@@ -175,40 +180,41 @@ LOADERS = ("from_pretrained", "from_pretrained+quantize", "stream", "stream+fill
 
 def loading(mode: str, folder: str, level: str, cache_dir: str) -> dict:
     """Peak RSS of getting a quantised transformer from a diffusers folder into memory, one way or another."""
+    import bitsandbytes  # noqa: F401
     import psutil
     import torch
     from diffusers import FluxTransformer2DModel
 
-    from simpletuner_pl.quantization import KEEP, quantize_model
+    import simpletuner_pl.quantization as quantization
+    from simpletuner_pl.quantization import quantize_model
     from simpletuner_pl.quantization.backends import converter
     from simpletuner_pl.quantization.cache import UnitCache, cache_key
     from simpletuner_pl.quantization.streaming import stream_load, weight_index
-    import simpletuner_pl.quantization as quantization
-    import bitsandbytes, optimum.quanto, torchao  # noqa: F401,E401
 
     baseline, precision, cpu = psutil.Process().memory_info().rss, LEVELS[level], torch.device("cpu")
     start = time.perf_counter()
     if mode.startswith("from_pretrained"):
         model = FluxTransformer2DModel.from_pretrained(folder, dtype=torch.bfloat16)
         if mode.endswith("quantize"):
-            quantize_model(model, precision, KEEP["flux"])
+            quantize_model(model, precision, KEEP)
         else:  # diffusers maps the file lazily: read every weight once, as the first training step will
             torch.stack([p.detach().float().sum() for p in model.parameters()]).sum()
     elif mode == "stream":
-        model = stream_load(FluxTransformer2DModel, Path(folder), torch.bfloat16, converter(precision), KEEP["flux"], cpu)
+        model = stream_load(FluxTransformer2DModel, Path(folder), torch.bfloat16, converter(precision), KEEP, cpu)
     else:  # "stream+fill-cache" quantises and writes the cache, then "stream+cache" (a new process) reads it
-        model = quantization._load(FluxTransformer2DModel, Path(folder), torch.bfloat16, precision, cpu, cache_dir)
+        model = quantization._stream(FluxTransformer2DModel, Path(folder), torch.bfloat16, precision, KEEP, cpu,
+                                     cache_dir)
         assert UnitCache(cache_dir, cache_key(list(weight_index(Path(folder)).values()), precision, torch.bfloat16,
-                                              KEEP["flux"]), precision).complete
+                                              KEEP), precision).complete
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
-    from simpletuner_pl.memory.estimate import weight_bytes
+    from simpletuner_pl.planner.estimate import weight_bytes
 
     with torch.device("meta"):
         meta = FluxTransformer2DModel.from_config(FluxTransformer2DModel.load_config(folder))
     return dict(mode=mode, level=level, peak_gb=peak / GB, seconds=seconds,
                 quantised_gb=weight_bytes(meta, precision if "quantize" in mode or "stream" in mode else "no_change",
-                                          2, KEEP["flux"]) / GB, bf16_gb=weight_bytes(meta, "no_change", 2) / GB,
+                                          2, KEEP) / GB, bf16_gb=weight_bytes(meta, "no_change", 2) / GB,
                 layers=sum(1 for _ in model.modules()))
 
 
@@ -254,7 +260,8 @@ def main() -> None:
           f"{'plan act':>9}{'error':>7}{'s/step':>8}  device")
     for r in rows:
         act, plan_act = r["saved_activations_gb"], r["plan"]["activations"]
-        act_cols = f"{act:>8.3f}{plan_act:>9.3f}{(plan_act - act) / act:>+7.0%}" if act else f"{'-':>8}{plan_act:>9.3f}{'':>7}"
+        act_cols = (f"{act:>8.3f}{plan_act:>9.3f}{(plan_act - act) / act:>+7.0%}" if act
+                    else f"{'-':>8}{plan_act:>9.3f}{'':>7}")
         print(f"{r['level']:<12}{r['px']:>6}{str(r['compile']):>8}{r['peak_gb']:>9.3f}{r['plan_gb']:>9.3f}"
               f"{(r['plan_gb'] - r['peak_gb']) / r['peak_gb']:>+7.0%}{act_cols}{r['s_per_step']:>8.2f}"
               f"  {r['device']} ({r['scale']})")

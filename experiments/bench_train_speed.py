@@ -32,8 +32,8 @@ def one_run(steps: int, out: Path, extra: list[str]) -> dict:
     if result.returncode:
         raise SystemExit(result.stdout[-3000:] + result.stderr[-3000:])
     timings = json.loads((out / "timings.json").read_text())
-    return {"s_per_step": timings["median_step_s"], "launch_to_first_step_s": timings["first_batch_start_unix"] - launch,
-            "wall_s": wall}
+    return {"s_per_step": timings["median_step_s"],
+            "launch_to_first_step_s": timings["first_batch_start_unix"] - launch, "wall_s": wall}
 
 
 def main() -> None:

@@ -58,7 +58,8 @@ def make_clip(out: Path, n_merges: int = N_CLIP_MERGES) -> None:
     from transformers import CLIPTokenizer
 
     pkg = importlib.util.find_spec("open_clip").submodule_search_locations[0]
-    lines = gzip.open(Path(pkg) / "bpe_simple_vocab_16e6.txt.gz").read().decode("utf-8").split("\n")
+    with gzip.open(Path(pkg) / "bpe_simple_vocab_16e6.txt.gz") as handle:
+        lines = handle.read().decode("utf-8").split("\n")
     merges = lines[1 : 1 + n_merges]
     base = bytes_to_unicode()
     vocab = base + [b + "</w>" for b in base] + ["".join(m.split()) for m in merges]
@@ -73,13 +74,9 @@ def make_clip(out: Path, n_merges: int = N_CLIP_MERGES) -> None:
     tok.save_pretrained(out)
 
 
-SUBJECTS = """cat dog woman man girl boy astronaut robot horse bird car bicycle house tree flower mountain river
-city street bridge castle boat ship rocket galaxy planet star moon sun cup coffee table chair book lamp window door
-garden forest beach ocean lake field road train plane helmet flag portrait face child kitten puppy fox owl""".split()
-ADJECTIVES = """red orange yellow green blue purple black white brown gray golden silver small large tall old young
-happy smiling bright dark colorful wooden metal glass shiny soft sharp blurry detailed beautiful quiet busy ancient
-modern tiny huge warm cold""".split()
-STYLES = """photo painting drawing sketch illustration render picture close-up portrait watercolor""".split()
+SUBJECTS = ["cat", "dog", "woman", "man", "girl", "boy", "astronaut", "robot", "horse", "bird", "car", "bicycle", "house", "tree", "flower", "mountain", "river", "city", "street", "bridge", "castle", "boat", "ship", "rocket", "galaxy", "planet", "star", "moon", "sun", "cup", "coffee", "table", "chair", "book", "lamp", "window", "door", "garden", "forest", "beach", "ocean", "lake", "field", "road", "train", "plane", "helmet", "flag", "portrait", "face", "child", "kitten", "puppy", "fox", "owl"]
+ADJECTIVES = ["red", "orange", "yellow", "green", "blue", "purple", "black", "white", "brown", "gray", "golden", "silver", "small", "large", "tall", "old", "young", "happy", "smiling", "bright", "dark", "colorful", "wooden", "metal", "glass", "shiny", "soft", "sharp", "blurry", "detailed", "beautiful", "quiet", "busy", "ancient", "modern", "tiny", "huge", "warm", "cold"]
+STYLES = ["photo", "painting", "drawing", "sketch", "illustration", "render", "picture", "close-up", "portrait", "watercolor"]
 PLACES = """in a park|on a table|at night|at sunset|in the snow|under the stars|on the street|in a studio|by the sea|
 in front of a flag|on a launch pad|in deep space|on a wooden table|in the rain|in a garden""".replace("\n", "").split("|")
 

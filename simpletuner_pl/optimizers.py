@@ -15,90 +15,72 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Iterable, Optional
+from typing import Iterable, Optional
 
-from simpletuner_pl.errors import ConfigError
+import torch
 
-if TYPE_CHECKING:  # torch is imported lazily: `check_optimizer` runs in config validation, before heavy imports
-    import torch
+from simpletuner_pl.config.registries import OPTIMIZERS
+from simpletuner_pl.config.schema import OptimizerConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
-OPTIMIZERS = ("adamw", "adamw_bf16", "optimi_lion", "optimi_stableadamw", "bnb_adamw8bit", "bnb_lion8bit_paged",
-              "prodigy")
-BF16_WEIGHTS = ("adamw_bf16",)  # optimizers that train bf16 weights in place
-SELF_CLIPPING = ("optimi_stableadamw", "prodigy")  # bound their own update size; SimpleTuner skips clipping too
-SCHEDULE_FREE = ("prodigy",)
 
-
-def check_optimizer(cfg) -> None:
-    """Invalid optimizer combinations (called by `simpletuner_pl.config.validate`)."""
-    opt = cfg.optimizer
-    if opt.name in BF16_WEIGHTS and cfg.quant.base_model_default_dtype == "fp32":
-        raise ConfigError(f"optimizer={opt.name} trains bf16 weights; with quant.base_model_default_dtype=fp32 use "
-                          "optimizer=adamw (fp32 weights and states) or set quant.base_model_default_dtype=bf16")
-    if opt.name in BF16_WEIGHTS and cfg.adapter.type == "full":
-        raise ConfigError(f"optimizer={opt.name} keeps the trained weights in bf16; adapter=full keeps fp32 master "
-                          "weights, use optimizer=adamw (or optimi_stableadamw)")
-    if opt.name in SCHEDULE_FREE and (opt.lr_scheduler != "constant" or opt.warmup_steps):
-        raise ConfigError(f"optimizer={opt.name} is schedule-free and sets its own step size: use "
-                          "optimizer.lr_scheduler=constant and optimizer.warmup_steps=0 (optimizer=prodigy sets both)")
-
-
-def trainable_dtype(opt_cfg) -> Optional[torch.dtype]:
-    """The dtype the optimizer needs the trained weights in (None: keep the adapter's fp32)."""
-    import torch
-
-    return torch.bfloat16 if opt_cfg.name in BF16_WEIGHTS else None
-
-
-def prepare_trainable(params: Iterable[torch.nn.Parameter], opt_cfg) -> None:
-    dtype = trainable_dtype(opt_cfg)
-    if dtype is not None:
+def cast_trainable(params: Iterable[torch.nn.Parameter], opt_cfg: OptimizerConfig) -> None:
+    """Optimizers that train bf16 weights in place get the adapter in bf16; the others keep its fp32."""
+    if OPTIMIZERS[opt_cfg.name].bf16_weights:
         for p in params:
-            p.data = p.data.to(dtype)
+            p.data = p.data.to(torch.bfloat16)
 
 
-def clip_value(cfg) -> Optional[float]:
+def clip_value(train: TrainConfig, opt_cfg: OptimizerConfig) -> Optional[float]:
     """`train.max_grad_norm` for Lightning, or None for optimizers that bound their own updates (logged)."""
-    if cfg.train.max_grad_norm is not None and cfg.optimizer.name in SELF_CLIPPING:
+    if train.max_grad_norm is not None and OPTIMIZERS[opt_cfg.name].self_clipping:
         log.warning("optimizer=%s bounds its own update size; train.max_grad_norm=%s is not applied",
-                    cfg.optimizer.name, cfg.train.max_grad_norm)
+                    opt_cfg.name, train.max_grad_norm)
         return None
-    return cfg.train.max_grad_norm
+    return train.max_grad_norm
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], opt_cfg) -> torch.optim.Optimizer:
-    import torch
+def _torch_adamw(params, o: OptimizerConfig, extra: dict):
+    return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay, **extra)
 
-    params = list(params)
-    name, lr, betas, wd, eps = opt_cfg.name, opt_cfg.lr, tuple(opt_cfg.betas), opt_cfg.weight_decay, opt_cfg.eps
-    extra = dict(opt_cfg.extra)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=wd, **extra)
-    if name in ("adamw_bf16", "optimi_stableadamw", "optimi_lion"):
-        import optimi
 
-        if any(p.device.type != "cuda" for p in params):  # optimi would pick its Triton kernels whenever
-            extra.setdefault("triton", False)  # triton is importable, and they fail on the CPU
-        if name == "optimi_lion":
-            return optimi.Lion(params, lr=lr, betas=betas, weight_decay=wd, **extra)
-        cls = optimi.AdamW if name == "adamw_bf16" else optimi.StableAdamW
-        return cls(params, lr=lr, betas=betas, eps=eps, weight_decay=wd, kahan_sum=name == "adamw_bf16" or None,
-                   **extra)
-    if name in ("bnb_adamw8bit", "bnb_lion8bit_paged"):
-        import bitsandbytes as bnb
+def _optimi(params, o: OptimizerConfig, extra: dict):
+    import optimi
 
-        if name == "bnb_adamw8bit":
-            return bnb.optim.AdamW8bit(params, lr=lr, betas=betas, eps=eps, weight_decay=wd, **extra)
-        extra.setdefault("min_8bit_size", 4096)
-        return bnb.optim.PagedLion8bit(params, lr=lr, betas=betas, weight_decay=wd, **extra)
-    if name == "prodigy":
-        from prodigyplus import ProdigyPlusScheduleFree
+    if any(p.device.type != "cuda" for p in params):  # optimi would pick its Triton kernels whenever
+        extra.setdefault("triton", False)  # triton is importable, and they fail on the CPU
+    common = dict(lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    if o.name == "optimi_lion":
+        return optimi.Lion(params, **common, **extra)
+    cls = optimi.AdamW if o.name == "adamw_bf16" else optimi.StableAdamW
+    return cls(params, **common, eps=o.eps, kahan_sum=o.name == "adamw_bf16" or None, **extra)
 
-        extra.setdefault("d0", 1e-6)
-        return ProdigyPlusScheduleFree(params, lr=lr, betas=betas, weight_decay=wd, eps=eps, **extra)
-    raise ConfigError(f"optimizer.name={name!r}; valid: {', '.join(OPTIMIZERS)}")
+
+def _bitsandbytes(params, o: OptimizerConfig, extra: dict):
+    import bitsandbytes as bnb
+
+    if o.name == "bnb_adamw8bit":
+        return bnb.optim.AdamW8bit(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
+                                   **extra)
+    extra.setdefault("min_8bit_size", 4096)
+    return bnb.optim.PagedLion8bit(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, **extra)
+
+
+def _prodigy(params, o: OptimizerConfig, extra: dict):
+    from prodigyplus import ProdigyPlusScheduleFree
+
+    extra.setdefault("d0", 1e-6)
+    return ProdigyPlusScheduleFree(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps,
+                                   **extra)
+
+
+BUILDERS = {"adamw": _torch_adamw, "adamw_bf16": _optimi, "optimi_stableadamw": _optimi, "optimi_lion": _optimi,
+            "bnb_adamw8bit": _bitsandbytes, "bnb_lion8bit_paged": _bitsandbytes, "prodigy": _prodigy}
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], opt_cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    return BUILDERS[opt_cfg.name](list(params), opt_cfg, dict(opt_cfg.extra))
 
 
 def set_mode(optimizer, train: bool) -> None:

@@ -11,7 +11,10 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-# Schnell's distillation concentrates on pure noise: P(σ=1)=0.7, 0.1 each for 0.75/0.5/0.25 (SimpleTuner's fast schedule).
+from simpletuner_pl.config.schema import TrainConfig
+
+# Schnell's distillation concentrates on pure noise: P(σ=1)=0.7, 0.1 each for 0.75/0.5/0.25
+# (SimpleTuner's fast schedule).
 FAST_SCHEDULE_SIGMAS = (1.0,) * 7 + (0.75, 0.5, 0.25)
 
 
@@ -20,23 +23,28 @@ def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * sigmas / (1 + (shift - 1) * sigmas)
 
 
-def auto_shift(image_seq_len: int, scheduler_config: Mapping[str, Any]) -> float:
-    """Resolution-dependent shift s = exp(μ), μ linear in the packed image token count (Flux's dynamic shifting)."""
+def flux_mu(image_seq_len: int, scheduler_config: Mapping[str, Any]) -> float:
+    """μ of Flux's dynamic shifting: linear in the packed image token count, between the scheduler config's
+    (base_image_seq_len, base_shift) and (max_image_seq_len, max_shift) (the pipeline's own `calculate_shift`)."""
     from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
-    mu = calculate_shift(
+    return calculate_shift(
         image_seq_len,
         scheduler_config.get("base_image_seq_len", 256),
         scheduler_config.get("max_image_seq_len", 4096),
         scheduler_config.get("base_shift", 0.5),
         scheduler_config.get("max_shift", 1.15),
     )
-    return math.exp(mu)
+
+
+def auto_shift(image_seq_len: int, scheduler_config: Mapping[str, Any]) -> float:
+    """Resolution-dependent shift s = exp(μ) (Flux's dynamic shifting)."""
+    return math.exp(flux_mu(image_seq_len, scheduler_config))
 
 
 def sample_sigmas(
     batch_size: int,
-    train_cfg: Any,
+    train_cfg: TrainConfig,
     image_seq_len: int,
     scheduler_config: Mapping[str, Any],
     device: torch.device | str = "cpu",

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-import simpletuner_pl.callbacks.checkpointing_interval as ckpt
-from conftest import tiny_flux_module
+import simpletuner_pl.memory.checkpointing as ckpt
+
+from helpers import tiny_flux_module
 
 DEPTH = dict(num_layers=4, num_single_layers=5)
 
@@ -42,7 +43,7 @@ def test_exactly_every_nth_block_is_checkpointed(monkeypatch, interval, double, 
     names = {id(m): n for n, m in transformer.named_modules()}
     expected = [f"transformer_blocks.{i}" for i in double] + [f"single_transformer_blocks.{i}" for i in single]
     assert [names[id(block)] for block in calls] == expected  # forward order, once each
-    assert ckpt.selected_blocks(transformer, interval or 1) == expected
+    assert ckpt.selected_blocks(transformer, interval) == expected
 
 
 def test_gradients_equal_with_and_without_checkpointing():

@@ -6,9 +6,10 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
-from conftest import compose, typed
-from simpletuner_pl.config import validate
 from simpletuner_pl.errors import ConfigError
+from simpletuner_pl.preflight import check_config
+
+from helpers import compose, typed
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -16,8 +17,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
 def test_every_experiment_composes_and_validates(experiment):
     cfg = typed(f"experiment={experiment}")
-    if experiment == "demo":
-        validate(cfg)
+    assert check_config(cfg).name == cfg.model.family  # values, combinations and the family's own rules
 
 
 @pytest.mark.parametrize("model, flavour, repo, t5", [
@@ -33,10 +33,10 @@ def test_flux_flavours(model, flavour, repo, t5):
 
 
 def test_quickstart_defaults():
-    cfg = typed()
-    from simpletuner_pl.adapters.lora import DEFAULT_TARGETS
+    from simpletuner_pl.models.registry import family
 
-    assert cfg.adapter.target is None and DEFAULT_TARGETS["flux"] == "all"  # null = the family's default preset
+    cfg = typed()
+    assert cfg.adapter.target is None and family("flux").targets.default == "all"  # null = the family's default
     assert cfg.adapter.alpha is None and cfg.adapter.rank == 16
     assert cfg.model.guidance_value == 1.0
     assert cfg.train.flow_schedule_shift is None and not cfg.train.flow_schedule_auto_shift
@@ -70,4 +70,4 @@ def test_unknown_group_option_lists_the_available_ones():
 def test_invalid_values_and_combinations(override, message):
     extra = ["model=flux_schnell"] if "sampling" in override else ["experiment=demo"]
     with pytest.raises(ConfigError, match=message):
-        validate(typed(*extra, override))
+        check_config(typed(*extra, override))

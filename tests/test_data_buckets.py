@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from simpletuner_pl.config import _check_choices
+from simpletuner_pl.config import DataConfig, DatasetConfig
+from simpletuner_pl.config.checks import check_data
+from simpletuner_pl.config.fields import check_fields
 from simpletuner_pl.data.buckets import bucket_size, filter_reason, plan_geometry
-from simpletuner_pl.data.config import DataConfig, DatasetConfig
 from simpletuner_pl.data.images import load_pixels
 from simpletuner_pl.errors import ConfigError
 
@@ -113,18 +114,19 @@ def test_filters():
     (dict(caption_strategy="instanceprompt"), "needs data.datasets.main.instance_prompt"),
     (dict(caption_strategy="parquet"), "parquet.path"),
     (dict(crop=True, crop_aspect="closest"), "crop_aspect_buckets"),
-    (dict(repeats=-1), "repeats must be >= 0"),
+    (dict(repeats=-1), "repeats=-1 is out of range: it must be >= 0 (0 = every image once per epoch"),
     (dict(vae_cache_disable=True, vae_cache_ondemand=True), "exclude each other"),
     (dict(probability=0.0), "every enabled dataset has probability 0"),
 ])
 def test_config_errors_say_what_to_change(overrides, message):
     cfg = DataConfig(datasets={"main": ds(**overrides)})
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
-        cfg.validate(batch_size=1)
+        check_fields(cfg, "data")
+        check_data(cfg)
 
 
 def test_config_choices_are_listed():
     with pytest.raises(ConfigError, match="valid choices: filename, textfile, instanceprompt, parquet"):
-        _check_choices(ds(caption_strategy="bogus"), DatasetConfig, "data.datasets.main")
+        check_fields(ds(caption_strategy="bogus"), "data.datasets.main")
     with pytest.raises(ConfigError, match="crop_style='face'"):
-        _check_choices(ds(crop_style="face"), DatasetConfig, "data.datasets.main")
+        check_fields(ds(crop_style="face"), "data.datasets.main")

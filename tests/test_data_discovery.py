@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageFile
 
-from simpletuner_pl.config import RunConfig, TrainConfig, TrainerConfig
+from simpletuner_pl.config import DataConfig, DatasetConfig, RunConfig, TrainConfig
 from simpletuner_pl.data import discovery
-from simpletuner_pl.data.catalog import discover_all
-from simpletuner_pl.data.config import DataConfig, DatasetConfig
+from simpletuner_pl.data.catalog import discover_all as discover_datasets
 from simpletuner_pl.errors import DataError
+from simpletuner_pl.preflight import check_config
 
-DEMO = Path(__file__).resolve().parent.parent / "simpletuner_pl" / "assets" / "demo"
+from helpers import DEMO_DIR as DEMO
+from helpers import typed
 
 
 def write_bad_files(folder: Path) -> None:
@@ -73,7 +74,11 @@ def test_metadata_cache_is_keyed_by_mtime_and_size(folder, tmp_path, monkeypatch
 
 def run_config(tmp_path, batch_size=1, **datasets) -> RunConfig:
     data = DataConfig(datasets=datasets, cache_dir=str(tmp_path / "cache"))
-    return RunConfig(data=data, train=TrainConfig(batch_size=batch_size), trainer=TrainerConfig(accelerator="cpu"))
+    return RunConfig(data=data, train=TrainConfig(batch_size=batch_size), trainer={"accelerator": "cpu"})
+
+
+def discover_all(cfg: RunConfig):
+    return discover_datasets(cfg.data, cfg.train, cfg.trainer)
 
 
 def dataset(folder, **kw) -> DatasetConfig:
@@ -161,14 +166,9 @@ def test_too_small_for_the_batch_names_the_repeats(tmp_path, caplog):
 
 
 def test_quickstart_configs_compose_and_name_the_download(tmp_path, monkeypatch):
-    from omegaconf import OmegaConf
-
-    from simpletuner_pl.cli import compose
-    from simpletuner_pl.config import validate
-
     monkeypatch.chdir(tmp_path)  # the quickstart's paths are relative to the working directory
-    cfg = OmegaConf.to_object(compose(["data=pseudo_camera", "trainer.accelerator=cpu"]))
-    validate(cfg)
+    cfg = typed("data=pseudo_camera", "trainer.accelerator=cpu")
+    check_config(cfg)
     reg, subject, small = (cfg.data.datasets[k] for k in
                            ("pseudo-camera-10k-flux", "dreambooth-subject", "dreambooth-subject-512"))
     assert (reg.crop, reg.crop_aspect, reg.crop_style, reg.resolution, reg.is_regularisation_data) == (
@@ -179,6 +179,6 @@ def test_quickstart_configs_compose_and_name_the_download(tmp_path, monkeypatch)
     with pytest.raises(DataError, match="huggingface-cli download --repo-type=dataset bghira/pseudo-camera-10k "
                                         "--local-dir=datasets/pseudo-camera-10k"):
         discover_all(cfg)
-    dreambooth = OmegaConf.to_object(compose(["data=dreambooth", "trainer.accelerator=cpu"]))
-    validate(dreambooth)
+    dreambooth = typed("data=dreambooth", "trainer.accelerator=cpu")
+    check_config(dreambooth)
     assert dreambooth.data.datasets["subject"].repeats == 1000

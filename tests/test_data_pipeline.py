@@ -8,31 +8,29 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from PIL import Image
 
-from simpletuner_pl.cli import compose
+from simpletuner_pl.config import DatasetConfig
 from simpletuner_pl.data.buckets import plan_geometry
 from simpletuner_pl.data.cache import TensorCache
 from simpletuner_pl.data.catalog import discover_all
-from simpletuner_pl.data.config import DatasetConfig
 from simpletuner_pl.data.datamodule import AspectBucketDataModule
 from simpletuner_pl.data.images import load_pixels
 
+from helpers import CPU, DEMO_DIR, typed
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-DEMO = Path(__file__).resolve().parent.parent / "simpletuner_pl" / "assets" / "demo"
+DEMO = DEMO_DIR
 
 
 def config(folder: Path, cache: Path, *overrides: str):
-    return OmegaConf.to_object(compose([
-        "experiment=demo", "data=local", f"data.datasets.main.instance_data_dir={folder}",
-        "data.datasets.main.resolution=64", f"data.cache_dir={cache}", "data.num_workers=0",
-        "trainer.accelerator=cpu", *overrides]))
+    return typed("experiment=demo", "data=local", f"data.datasets.main.instance_data_dir={folder}",
+                 "data.datasets.main.resolution=64", f"data.cache_dir={cache}", CPU, *overrides)
 
 
 @pytest.fixture(scope="module")
 def module(tmp_path_factory):
-    from simpletuner_pl.models import build_module
+    from simpletuner_pl.models.build import build_module
 
     return build_module(config(DEMO, tmp_path_factory.mktemp("unused")))
 
@@ -79,7 +77,8 @@ def folder(tmp_path) -> Path:
 
 
 def datamodule(cfg, tmp_path, rank=0, world=1):
-    dm = AspectBucketDataModule(cfg, discover_all(cfg), tmp_path / "out")
+    dm = AspectBucketDataModule(cfg.data, cfg.train, cfg.seed, discover_all(cfg.data, cfg.train, cfg.trainer),
+                                tmp_path / "out")
     dm.trainer = SimpleNamespace(global_rank=rank, world_size=world, strategy=SimpleNamespace(barrier=lambda: None))
     dm.setup("fit")
     return dm
@@ -140,7 +139,7 @@ def test_caption_dropout_and_pixels_without_encoders(folder, tmp_path):
     batch = next(iter(datamodule(cfg, tmp_path).train_dataloader()))
     assert batch["captions"] == [""] and "prompt_embeds" not in batch
     pixels = batch["pixel_values"]
-    assert pixels.dtype == torch.float32 and -1 <= pixels.min() and pixels.max() <= 1
+    assert pixels.dtype == torch.float32 and pixels.min() >= -1 and pixels.max() <= 1
 
 
 def test_on_demand_and_disabled_latents(folder, tmp_path, module, monkeypatch):
@@ -187,7 +186,7 @@ def test_unreadable_cache_entry_is_encoded_again(folder, tmp_path, module):
 
 def test_sdxl_batches_keep_all_77_clip_tokens(folder, tmp_path):
     """Sequences are padded to the length the model's own encoder gives: 77 attended CLIP tokens for SDXL."""
-    from simpletuner_pl.models import build_module
+    from simpletuner_pl.models.build import build_module
 
     cfg = config(folder, tmp_path / "cache", "model=tiny_sdxl")
     sdxl = build_module(cfg)

@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from simpletuner_pl.cli import compose
 from simpletuner_pl.data.datamodule import AspectBucketDataModule
 from simpletuner_pl.train import run
 
-ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "simpletuner_pl" / "assets" / "demo"
+from helpers import CPU, DEMO_DIR, ROOT, compose
+
+DEMO = DEMO_DIR
 BAD = {"truncated.jpg", "empty.jpg", "notes.png"}
 
 
@@ -61,10 +61,9 @@ def test_resume_continues_the_epoch(mixed, tmp_path, monkeypatch):
                         lambda self, batch, i: seen.append(batch["_position"]) or original(self, batch, i))
 
     def train(steps: int):
-        return run(compose(["experiment=demo", "data=local", f"data.datasets.main.instance_data_dir={mixed}",
-                            "data.datasets.main.resolution=64", f"data.cache_dir={tmp_path / 'cache'}",
-                            "data.num_workers=0", f"train.max_steps={steps}", f"output_dir={tmp_path / 'run'}",
-                            "trainer.accelerator=cpu"]))
+        return run(compose("experiment=demo", "data=local", f"data.datasets.main.instance_data_dir={mixed}",
+                           "data.datasets.main.resolution=64", f"data.cache_dir={tmp_path / 'cache'}",
+                           f"train.max_steps={steps}", f"output_dir={tmp_path / 'run'}", CPU))
 
     train(4)
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)

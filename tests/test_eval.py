@@ -1,6 +1,5 @@
 """CLIP score (tiny transformers CLIP and tiny open_clip) and the stable eval loss, through the real trainer."""
 
-import csv
 import json
 import math
 import shutil
@@ -10,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import DEMO_DIR, compose
+from helpers import CPU, DEMO_DIR, compose, read_metrics
 
 HELD_OUT = ("chelsea-the-cat", "coffee-cup")
 
@@ -53,11 +52,6 @@ def tiny_open_clip(directory: Path) -> str:
     return f"open_clip:{config}:{directory / 'weights.pt'}"
 
 
-def metric_rows(run_dir: Path, key: str):
-    with (run_dir / "metrics.csv").open() as handle:
-        return [(int(row["step"]), float(row[key])) for row in csv.DictReader(handle) if row.get(key)]
-
-
 @pytest.mark.parametrize("kind", ["transformers", "open_clip"])
 def test_clip_score_is_finite_and_logged(kind, tmp_path):
     from simpletuner_pl.train import run
@@ -66,8 +60,8 @@ def test_clip_score_is_finite_and_logged(kind, tmp_path):
     run(compose("experiment=demo", "validation=on", "validation.prompt=a photo of a cat",
                 "validation.resolutions=[64x64,64x32]", "validation.num_inference_steps=2", "eval=clip",
                 f"eval.clip_score.model={spec}", "train.max_steps=1", "data.datasets.demo.resolution=64",
-                f"data.cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'run'}", "trainer.accelerator=cpu"))
-    stats = {key: metric_rows(tmp_path / "run", f"eval/clip_score{key}") for key in ("", "_min", "_max", "_std")}
+                f"data.cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'run'}", CPU))
+    stats = {key: read_metrics(tmp_path / "run", f"eval/clip_score{key}") for key in ("", "_min", "_max", "_std")}
     assert [step for step, _ in stats[""]] == [0, 1]  # the step-0 benchmark and the end
     for i in range(2):
         mean, low, high, std = (stats[k][i][1] for k in ("", "_min", "_max", "_std"))
@@ -117,7 +111,7 @@ def eval_runs(tmp_path_factory):
         shutil.copy(image.with_suffix(".txt"), target / f"{image.stem}.txt")
     common = ["experiment=demo", "data=local", f"data.datasets.main.instance_data_dir={train}",
               "data.datasets.main.resolution=64", "data.num_workers=0", "train.max_steps=4",
-              "train.log_every_n_steps=1", "trainer.accelerator=cpu"]
+              "train.log_every_n_steps=1", CPU]
     plain = run(compose(*common, f"data.cache_dir={tmp / 'cache_a'}", f"output_dir={tmp / 'a'}"))
     evaluated = run(compose(*common, f"data.cache_dir={tmp / 'cache_b'}", f"output_dir={tmp / 'b'}", "eval=loss",
                             f"eval.eval_loss.instance_data_dir={held_out}", "eval.eval_loss.every_n_steps=2",
@@ -128,7 +122,7 @@ def eval_runs(tmp_path_factory):
 
 def test_training_loss_sequence_is_unchanged_by_eval_and_validation(eval_runs):
     tmp, _, _ = eval_runs
-    plain, evaluated = metric_rows(tmp / "a", "train/loss"), metric_rows(tmp / "b", "train/loss")
+    plain, evaluated = read_metrics(tmp / "a", "train/loss"), read_metrics(tmp / "b", "train/loss")
     assert len(plain) == 4 and plain == evaluated  # exact floats, step by step
 
 
@@ -144,11 +138,11 @@ def test_eval_loss_is_bit_identical_for_the_same_weights(eval_runs):
     with isolated(trainer, module):
         _, second = callback.evaluate(module)
     assert torch.equal(first, second)
-    logged = metric_rows(tmp / "b", "eval/loss")
+    logged = read_metrics(tmp / "b", "eval/loss")
     assert [step for step, _ in logged] == [0, 2, 4]
     assert logged[-1][1] == first.mean().item()  # the step-4 round saw exactly these weights
     assert logged[0][1] != logged[-1][1]  # and the adapter did move the loss
-    per_sigma = metric_rows(tmp / "b", "eval/loss_t27")
+    per_sigma = read_metrics(tmp / "b", "eval/loss_t27")
     assert len(sigmas) == 28 and per_sigma[-1][1] == first[27].item()
     assert sigmas[0] == 1.0 and bool((sigmas[:-1] > sigmas[1:]).all())
 
@@ -172,7 +166,7 @@ def test_resume_keeps_eval_history_and_best_and_skips_the_startup_round(eval_run
 
     tmp, _, _ = eval_runs
     args = ["experiment=demo", "data=local", f"data.datasets.main.instance_data_dir={tmp / 'train'}",
-            "data.datasets.main.resolution=64", "train.checkpoint_every_n_steps=2", "trainer.accelerator=cpu",
+            "data.datasets.main.resolution=64", "train.checkpoint_every_n_steps=2", CPU,
             f"data.cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'run'}", "eval=loss",
             f"eval.eval_loss.instance_data_dir={tmp / 'held_out'}", "eval.eval_loss.every_n_steps=2",
             "eval.eval_loss.timesteps=4"]
@@ -190,22 +184,22 @@ def test_dataset_type_eval_is_held_out_and_feeds_the_eval_loss(eval_runs, tmp_pa
     """A `dataset_type: eval` dataset in the data config: never trained on, evaluated like the folder option."""
     from omegaconf import OmegaConf
 
-    from simpletuner_pl.data.config import DatasetConfig
+    from simpletuner_pl.config import DatasetConfig
     from simpletuner_pl.train import run
 
     tmp, _, evaluated = eval_runs
     cfg = OmegaConf.to_object(compose(
         "experiment=demo", "data=local", f"data.datasets.main.instance_data_dir={tmp / 'train'}",
         "data.datasets.main.resolution=64", "data.num_workers=0", "train.max_steps=4", "train.log_every_n_steps=1",
-        "trainer.accelerator=cpu", f"data.cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'run'}",
+        CPU, f"data.cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'run'}",
         "eval=loss", "eval.eval_loss.every_n_steps=2"))
     cfg.data.datasets["held_out"] = DatasetConfig(dataset_type="eval", instance_data_dir=str(tmp / "held_out"),
                                                   caption_strategy="textfile", resolution=64)
     run(cfg)
     buckets = json.loads((tmp_path / "run" / "data" / "buckets.json").read_text())
     assert "held_out" not in buckets and "main" in buckets  # the eval images were not indexed for training
-    ours = metric_rows(tmp_path / "run", "eval/loss")
-    folder_option = metric_rows(tmp / "b", "eval/loss")
+    ours = read_metrics(tmp_path / "run", "eval/loss")
+    folder_option = read_metrics(tmp / "b", "eval/loss")
     assert [step for step, _ in ours] == [step for step, _ in folder_option]
     # same held-out images, same training: the same eval losses
     assert [loss for _, loss in ours] == pytest.approx([loss for _, loss in folder_option], abs=1e-6)

@@ -2,7 +2,7 @@
 
 import torch
 
-from conftest import tiny_flux_module
+from helpers import tiny_flux_module
 
 
 def pack(x):  # [B,C,H,W] -> [B, H/2*W/2, 4C], 2x2 patches, channel-major inside a patch
@@ -49,7 +49,7 @@ def test_guidance_value_reaches_the_transformer():
     text = module.encode_prompts(["x"])
     with torch.no_grad():
         a = module.flow_matching_loss(latents, noise, torch.tensor([0.5]), text)
-        module.cfg.model.guidance_value = 1.0
+        module.model_cfg.guidance_value = 1.0
         b = module.flow_matching_loss(latents, noise, torch.tensor([0.5]), text)
     assert a != b
 

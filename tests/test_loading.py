@@ -3,14 +3,16 @@
 import pytest
 import torch
 
-from conftest import typed
 from simpletuner_pl.errors import ModelSourceError
-from simpletuner_pl.models.loading import check_model_sources, load_flux_components
+from simpletuner_pl.models.loading_flux import load_components as load_flux_components
+from simpletuner_pl.preflight import check_config, check_model_sources
+
+from helpers import typed
 
 
 @pytest.fixture(scope="module")
 def other_flux_dir(tmp_path_factory):
-    from simpletuner_pl.models.tiny import save_tiny_flux_pipeline
+    from simpletuner_pl.models.tiny_flux import save_tiny_flux_pipeline
 
     return save_tiny_flux_pipeline(tmp_path_factory.mktemp("other_flux"), seed=1)
 
@@ -21,7 +23,7 @@ def first_weight(module):
 
 def test_loads_every_component_from_a_pipeline_folder(tiny_flux_dir):
     cfg = typed("model=flux", f"model.pretrained_model_name_or_path={tiny_flux_dir}")
-    check_model_sources(cfg.model)
+    check_model_sources(cfg, check_config(cfg))
     components = load_flux_components(cfg.model, torch.bfloat16)
     assert set(components) == {"transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2",
                                "scheduler"}
@@ -34,7 +36,7 @@ def test_transformer_and_vae_overrides(tiny_flux_dir, other_flux_dir):
                 f"model.pretrained_transformer_model_name_or_path={other_flux_dir / 'transformer'}",
                 "model.pretrained_transformer_subfolder=none",
                 f"model.pretrained_vae_model_name_or_path={other_flux_dir}")
-    check_model_sources(cfg.model)
+    check_model_sources(cfg, check_config(cfg))
     mixed = load_flux_components(cfg.model, torch.float32)
     base = load_flux_components(typed("model=flux", f"model.pretrained_model_name_or_path={tiny_flux_dir}").model,
                                 torch.float32)
@@ -56,7 +58,7 @@ def test_bad_override_sources_are_named(override, message, tiny_flux_dir, tmp_pa
     cfg = typed("model=flux", f"model.pretrained_model_name_or_path={tiny_flux_dir}",
                 override.format(base=tmp_path), "model.pretrained_transformer_subfolder=transformer")
     with pytest.raises(ModelSourceError, match=message):
-        check_model_sources(cfg.model)
+        check_model_sources(cfg, check_config(cfg))
 
 
 @pytest.mark.parametrize("error, message", [
@@ -78,4 +80,4 @@ def test_hub_answers_become_instructions(error, message, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
     cfg = typed("model=flux_dev")
     with pytest.raises(ModelSourceError, match=message):
-        check_model_sources(cfg.model)
+        check_model_sources(cfg, check_config(cfg))

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from conftest import tiny_flux_module
-from simpletuner_pl.config import validate
 from simpletuner_pl.errors import ConfigError
+
+from helpers import tiny_flux_module
 
 
 def forward(transformer, generator_seed=0):
@@ -13,16 +13,16 @@ def forward(transformer, generator_seed=0):
     hidden = torch.randn(1, 16, 64, generator=g)
     text = torch.randn(1, 8, 32, generator=g)
     with torch.no_grad():
-        return transformer(hidden_states=hidden, encoder_hidden_states=text, pooled_projections=torch.randn(1, 32, generator=g),
+        return transformer(hidden_states=hidden, encoder_hidden_states=text,
+                           pooled_projections=torch.randn(1, 32, generator=g),
                            timestep=torch.tensor([0.5]), guidance=torch.ones(1), img_ids=torch.zeros(16, 3),
                            txt_ids=torch.zeros(8, 3)).sample
 
 
 @pytest.mark.parametrize("init", ["pissa", "olora"])
 def test_exported_adapter_reproduces_the_trained_model_on_the_original_base(init, tmp_path):
-    from diffusers import FluxPipeline
 
-    from simpletuner_pl.models.tiny import build_tiny_flux_pipeline
+    from simpletuner_pl.models.tiny_flux import build_tiny_flux_pipeline
 
     module = tiny_flux_module(f"adapter.init={init}").eval()
     with torch.no_grad():  # stand-in for training: move every adapter weight
@@ -37,7 +37,7 @@ def test_exported_adapter_reproduces_the_trained_model_on_the_original_base(init
     assert (trained - plain).abs().max() > 1e-3
     torch.testing.assert_close(forward(pipe.transformer), trained, atol=1e-4, rtol=1e-4)
     config = pipe.transformer.peft_config[next(iter(pipe.transformer.peft_config))]
-    assert config.r == 2 * module.cfg.adapter.rank
+    assert config.r == 2 * module.adapter_cfg.rank
 
 
 def test_gaussian_init_starts_as_identity():
@@ -48,7 +48,9 @@ def test_gaussian_init_starts_as_identity():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only refusal is what is tested here")
 def test_loftq_without_cuda_is_refused_at_startup():
-    from conftest import typed
+    from simpletuner_pl.preflight import validate
+
+    from helpers import typed
 
     with pytest.raises(ConfigError, match="loftq needs a CUDA GPU"):
         validate(typed("experiment=demo", "adapter.init=loftq"))

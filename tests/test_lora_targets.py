@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from conftest import tiny_flux_module
 from simpletuner_pl.errors import ConfigError
+
+from helpers import tiny_flux_module
 
 D = "transformer_blocks.0."
 S = "single_transformer_blocks.0."

@@ -2,9 +2,10 @@
 
 import pytest
 
-from conftest import typed
-from simpletuner_pl.config import validate
 from simpletuner_pl.errors import ConfigError
+from simpletuner_pl.preflight import check_config
+
+from helpers import CPU, quantise_tiny, typed
 
 CASES = [
     (["adapter.init=loftq", "quant=int8"], r"adapter.init=loftq .* cannot start from a int8-quanto base"),
@@ -26,7 +27,7 @@ CASES = [
 @pytest.mark.parametrize("overrides, message", CASES, ids=[" ".join(c[0]) for c in CASES])
 def test_invalid_combination_is_rejected_with_its_fix(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        validate(typed("experiment=demo", *overrides))
+        check_config(typed("experiment=demo", *overrides))
 
 
 @pytest.mark.parametrize("overrides", [["quant=int8", "adapter.use_dora=true"], ["quant=nf4", "adapter.use_dora=true"],
@@ -34,7 +35,7 @@ def test_invalid_combination_is_rejected_with_its_fix(overrides, message):
                                        ["quant=int8", "optimizer=adamw_bf16", "quant.base_model_default_dtype=bf16"],
                                        ["offload=group"], ["offload=encoders"]])
 def test_valid_combinations_pass(overrides):
-    validate(typed("experiment=demo", *overrides))
+    check_config(typed("experiment=demo", *overrides))
 
 
 def test_dora_on_quanto_weights_matches_dora_on_float_weights():
@@ -43,17 +44,15 @@ def test_dora_on_quanto_weights_matches_dora_on_float_weights():
     import torch
 
     from simpletuner_pl.adapters.lora import attach_lora, resolve_targets
-    from simpletuner_pl.models.tiny import build_tiny_flux_components
-    from simpletuner_pl.quantization import quantize_components
+    from simpletuner_pl.models.registry import family
+    from simpletuner_pl.models.tiny_flux import build_tiny_flux_components
 
     magnitudes = {}
     for precision in ("no_change", "int8-quanto"):
-        cfg = typed("experiment=demo", f"quant.base_model_precision={precision}", "adapter.use_dora=true",
-                    "trainer.accelerator=cpu")
-        components = build_tiny_flux_components()
-        quantize_components(cfg, components, "transformer")
+        cfg = typed("experiment=demo", f"quant.base_model_precision={precision}", "adapter.use_dora=true", CPU)
+        components, _ = quantise_tiny(cfg, build_tiny_flux_components())
         transformer = components["transformer"].requires_grad_(False)
-        attach_lora(transformer, cfg.adapter, resolve_targets(transformer, "all"))
+        attach_lora(transformer, cfg.adapter, resolve_targets(transformer, "all", family("flux").targets))
         layer = transformer.transformer_blocks[0].attn.to_q
         magnitudes[precision] = layer.lora_magnitude_vector["default"].weight.detach()
         out = transformer(hidden_states=torch.randn(1, 16, 64), encoder_hidden_states=torch.randn(1, 8, 32),

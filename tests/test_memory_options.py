@@ -5,10 +5,12 @@ import math
 import pytest
 import torch
 
-from conftest import compose, typed
 from simpletuner_pl.errors import ConfigError
+from simpletuner_pl.memory.placement import is_self_placing
 
-RUN = ("experiment=demo", "train.max_steps=2", "data.datasets.demo.resolution=64", "trainer.accelerator=cpu")
+from helpers import CPU, compose, quantise_tiny, typed
+
+RUN = ("experiment=demo", "train.max_steps=2", "data.datasets.demo.resolution=64", CPU)
 
 
 def test_group_offload_trains_and_is_left_out_of_lightnings_device_move(tmp_path):
@@ -20,29 +22,28 @@ def test_group_offload_trains_and_is_left_out_of_lightnings_device_move(tmp_path
 
     trainer = run(compose(*RUN, "offload=group", "train.gradient_checkpointing=true", f"output_dir={tmp_path}"))
     transformer = trainer.lightning_module.transformer
-    assert _is_group_offload_enabled(transformer) and transformer._places_itself
+    assert _is_group_offload_enabled(transformer) and is_self_placing(transformer)
     assert math.isfinite(float(trainer.callback_metrics["train/loss"]))
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert saved and any(v.abs().sum() > 0 for k, v in saved.items() if "lora_B" in k)
 
 
 def test_encoder_offload_hooks_and_training(tmp_path):
-    from simpletuner_pl.memory.placement import ComponentOffload
+    from simpletuner_pl.callbacks.offload import ComponentOffload
     from simpletuner_pl.train import run
 
     trainer = run(compose(*RUN, "offload=encoders", f"output_dir={tmp_path}"))
     module = trainer.lightning_module
     assert any(isinstance(c, ComponentOffload) for c in trainer.callbacks)
     for name in ("text_encoder", "text_encoder_2", "vae"):
-        component = getattr(module, name)
-        assert hasattr(component, "_hf_hook") and component._places_itself
-    assert not getattr(module.transformer, "_places_itself", False)  # back under Lightning once training began
+        assert is_self_placing(getattr(module, name))
+    assert not module.placed_elsewhere  # the denoiser is back under Lightning once training began
     assert math.isfinite(float(trainer.callback_metrics["train/loss"]))
 
 
 def test_missing_attention_backend_is_a_config_error():
-    from simpletuner_pl.memory.options import configure_components
-    from simpletuner_pl.models.tiny import build_tiny_flux_components
+    from simpletuner_pl.memory.attention import set_attention_backend
+    from simpletuner_pl.models.tiny_flux import build_tiny_flux_components
 
     try:
         import flash_attn  # noqa: F401
@@ -50,23 +51,19 @@ def test_missing_attention_backend_is_a_config_error():
     except ImportError:
         pass
     with pytest.raises(ConfigError, match="model.attention_backend=flash"):
-        configure_components(typed("experiment=demo", "model.attention_backend=flash"), build_tiny_flux_components(),
-                             "transformer")
+        set_attention_backend(build_tiny_flux_components()["transformer"], "flash")
 
 
 def test_vae_tiling_and_native_backend():
-    from simpletuner_pl.memory.options import configure_components
-    from simpletuner_pl.models.tiny import build_tiny_flux_components
+    from helpers import tiny_module
 
-    components = build_tiny_flux_components()
-    configure_components(typed("experiment=demo", "offload.vae_enable_tiling=true", "model.attention_backend=native_math"),
-                         components, "transformer")
-    assert components["vae"].use_tiling
-    processor = components["transformer"].transformer_blocks[0].attn.processor
+    module = tiny_module("offload.vae_enable_tiling=true", "model.attention_backend=native_math")
+    assert module.vae.use_tiling
+    processor = module.transformer.transformer_blocks[0].attn.processor
     try:
         assert processor._attention_backend.value == "_native_math"
     finally:
-        components["transformer"].set_attention_backend("native")  # process-wide in diffusers: restore it
+        module.transformer.set_attention_backend("native")  # process-wide in diffusers: restore it
 
 
 @pytest.mark.parametrize("precision", ["int8-quanto", "nf4-torchao"])
@@ -75,18 +72,17 @@ def test_compiled_blocks_train_on_quantised_weights(precision):
     as inductor (where quantised-weight graphs fail) without code generation, to stay fast; the inductor runs of
     `python -m simpletuner_pl ... train.compile=true` are recorded in experiments/RESULTS.md."""
     from simpletuner_pl.adapters.lora import attach_lora, resolve_targets
-    from simpletuner_pl.memory.options import compile_blocks
-    from simpletuner_pl.models.tiny import build_tiny_flux_components
-    from simpletuner_pl.quantization import quantize_components
+    from simpletuner_pl.memory.compile import compile_blocks
+    from simpletuner_pl.models.registry import family
+    from simpletuner_pl.models.tiny_flux import build_tiny_flux_components
 
     cfg = typed("experiment=demo", f"quant.base_model_precision={precision}", "adapter.init=gaussian")
     grads = []
     for compiled in (False, True):
-        components = build_tiny_flux_components()
-        quantize_components(cfg, components, "transformer")
+        components, _ = quantise_tiny(cfg, build_tiny_flux_components())
         transformer = components["transformer"].requires_grad_(False)
         torch.manual_seed(0)
-        attach_lora(transformer, cfg.adapter, resolve_targets(transformer, "all"))
+        attach_lora(transformer, cfg.adapter, resolve_targets(transformer, "all", family("flux").targets))
         if compiled:
             assert compile_blocks(transformer, backend="aot_eager") == 2
         g = torch.Generator().manual_seed(0)

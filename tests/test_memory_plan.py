@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import typed
+from helpers import CPU, run_cli, typed
 
 ROOT = Path(__file__).resolve().parents[1]
 # Flux's architecture at a width where every backend's block sizes tile the layers (256 = 2 heads x 128).
@@ -46,15 +46,17 @@ def storage_bytes(model) -> int:
 def test_planned_weight_bytes_match_the_quantised_model(precision):
     from diffusers import FluxTransformer2DModel
 
-    from simpletuner_pl.memory.estimate import weight_bytes
-    from simpletuner_pl.quantization import KEEP, quantize_model
+    from simpletuner_pl.models.registry import family
+    from simpletuner_pl.planner.estimate import weight_bytes
+    from simpletuner_pl.quantization import quantize_model
 
+    keep = family("flux").keep_high_precision
     torch.manual_seed(0)
     model = FluxTransformer2DModel(**MID).to(torch.bfloat16)
     with torch.device("meta"):
         meta = FluxTransformer2DModel(**MID)
-    planned = weight_bytes(meta, precision, 2, KEEP["flux"])
-    quantize_model(model, precision, KEEP["flux"])
+    planned = weight_bytes(meta, precision, 2, keep)
+    quantize_model(model, precision, keep)
     assert planned == pytest.approx(storage_bytes(model), rel=0.01)
 
 
@@ -65,20 +67,23 @@ def test_meta_activation_profile_matches_real_saved_tensors(precision):
     from diffusers.training_utils import cast_training_params
     from peft import LoraConfig
 
-    from simpletuner_pl.adapters.lora import FLUX_TARGET_PRESETS
-    from simpletuner_pl.callbacks.checkpointing_interval import selected_blocks
-    from simpletuner_pl.memory.activations import profile_activations
-    from simpletuner_pl.memory.budget import QUANTO, flux_profile
-    from simpletuner_pl.quantization import KEEP, quantize_model
+    from simpletuner_pl.config.registries import FLUX_TARGETS, PRECISIONS
+    from simpletuner_pl.memory.checkpointing import selected_blocks
+    from simpletuner_pl.models.flux_planner import profile_inputs
+    from simpletuner_pl.models.registry import family
+    from simpletuner_pl.planner.activations import profile_activations
+    from simpletuner_pl.planner.budget import denoiser_profile
+    from simpletuner_pl.quantization import quantize_model
 
-    lora = LoraConfig(r=4, lora_alpha=4, target_modules=FLUX_TARGET_PRESETS["all"], init_lora_weights="gaussian")
+    keep = family("flux").keep_high_precision
+    lora = LoraConfig(r=4, lora_alpha=4, target_modules=list(FLUX_TARGETS.presets["all"]), init_lora_weights="gaussian")
     torch.manual_seed(0)
     real = FluxTransformer2DModel(**MID).to(torch.bfloat16)
     real.set_attention_backend("native")  # the dispatcher's choice is process-wide; don't inherit another test's
-    quantize_model(real, precision, KEEP["flux"])
+    quantize_model(real, precision, keep)
     real.add_adapter(lora)
     cast_training_params(real, dtype=torch.float32)
-    blocks = selected_blocks(real, 1)
+    blocks = selected_blocks(real)
     side, text = 256, 64
     inputs = dict(hidden_states=torch.randn(1, (side // 16) ** 2, 64, dtype=torch.bfloat16),
                   encoder_hidden_states=torch.randn(1, text, 256, dtype=torch.bfloat16),
@@ -89,17 +94,14 @@ def test_meta_activation_profile_matches_real_saved_tensors(precision):
     with torch.device("meta"):
         meta = FluxTransformer2DModel(**MID)
     meta.add_adapter(lora)
-    planned = flux_profile(meta, blocks, side, 1, torch.bfloat16, text, cast_copies=True,
-                           inputs_saved=precision in QUANTO)
+    planned = denoiser_profile(meta, blocks, profile_inputs(meta, side, 1, text, torch.bfloat16), torch.bfloat16,
+                               keep, cast_copies=True, inputs_saved=PRECISIONS[precision].backend == "quanto")
     for checkpointed in ([], blocks):
         assert planned.kept_bytes(checkpointed) == pytest.approx(measured.kept_bytes(checkpointed), rel=0.05)
 
 
 def test_plan_cli_prices_components_and_the_changes_that_fit():
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, "-m", "simpletuner_pl.plan", "model=flux", "quant=int8",
-                          "gpu_memory_gb=16", "resolution=1024"], env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = run_cli("model=flux", "quant=int8", "gpu_memory_gb=16", "resolution=1024", module="simpletuner_pl.plan")
     assert out.returncode == 0, out.stderr[-2000:]
     text = out.stdout
     for part in ("transformer weights", "text_encoder_2 weights", "activations", "optimizer states",
@@ -115,16 +117,16 @@ def test_plan_cli_prices_components_and_the_changes_that_fit():
 def test_startup_warning_when_the_plan_exceeds_the_device(monkeypatch, caplog):
     import psutil
 
-    from simpletuner_pl.plan import check_budget
+    from simpletuner_pl.planner.report import check_budget
 
-    cfg = typed("experiment=demo", "trainer.accelerator=cpu")
+    cfg = typed("experiment=demo", CPU)
     monkeypatch.setattr(psutil, "virtual_memory", lambda: type("VM", (), {"total": 2**20})())
-    with caplog.at_level(logging.WARNING, logger="simpletuner_pl.plan"):
-        check_budget(cfg)
+    with caplog.at_level(logging.WARNING, logger="simpletuner_pl.planner.report"):
+        check_budget(cfg, torch.device("cpu"))
     assert "does not fit in memory" in caplog.text
     caplog.clear()
     monkeypatch.setattr(psutil, "virtual_memory", lambda: type("VM", (), {"total": 2**50})())
-    check_budget(cfg)
+    check_budget(cfg, torch.device("cpu"))
     assert "does not fit" not in caplog.text
 
 

@@ -6,8 +6,10 @@ import math
 import pytest
 import torch
 
-from conftest import compose, typed
-from simpletuner_pl.optimizers import OPTIMIZERS, build_optimizer, clip_value, set_mode
+from simpletuner_pl.config.registries import OPTIMIZERS
+from simpletuner_pl.optimizers import BUILDERS, build_optimizer, clip_value, set_mode
+
+from helpers import compose, typed
 
 
 def regression(dtype, seed=0):
@@ -75,10 +77,18 @@ def test_schedule_free_modes_swap_the_weights():
     assert torch.allclose(train_weights, w.detach(), atol=1e-6)
 
 
+def test_every_registered_optimizer_has_a_builder():
+    assert set(BUILDERS) == set(OPTIMIZERS)
+
+
 def test_self_clipping_optimizers_skip_max_grad_norm():
-    assert clip_value(typed("optimizer=adamw", "train.max_grad_norm=0.5")) == 0.5
-    assert clip_value(typed("optimizer=optimi_stableadamw")) is None
-    assert clip_value(typed("optimizer=prodigy")) is None
+    def clipped(*overrides):
+        cfg = typed(*overrides)
+        return clip_value(cfg.train, cfg.optimizer)
+
+    assert clipped("optimizer=adamw", "train.max_grad_norm=0.5") == 0.5
+    assert clipped("optimizer=optimi_stableadamw") is None
+    assert clipped("optimizer=prodigy") is None
 
 
 @pytest.mark.parametrize("schedule, expected", [
@@ -88,7 +98,7 @@ def test_self_clipping_optimizers_skip_max_grad_norm():
     ("polynomial", [0.25, 0.5, 0.75, 1.0] + [(1 - 1e-7) * (1 - k / 6) ** 0.8 + 1e-7 for k in (1, 2)]),
 ])
 def test_lr_schedules_with_warmup(schedule, expected):
-    from conftest import tiny_flux_module
+    from helpers import tiny_flux_module
 
     module = tiny_flux_module(f"optimizer.lr_scheduler={schedule}", "optimizer.warmup_steps=4", "train.max_steps=10",
                               "optimizer.lr=1.0")

@@ -32,7 +32,8 @@ def test_installed_wheel_composes_from_its_own_config_tree(wheel, tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True)
-    code = ("from simpletuner_pl.cli import compose, config_dir, demo_data_dir; import os; "
+    code = ("from simpletuner_pl.config import compose; from simpletuner_pl.paths import config_dir, demo_data_dir; "
+            "import os; "
             "c = compose(['experiment=demo']); print(config_dir()); print(c.model.flavour); "
             "print(len(os.listdir(demo_data_dir())))")
     env = dict(os.environ, PYTHONPATH=str(target))

@@ -1,18 +1,16 @@
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 
+from simpletuner_pl.config import TrainConfig
 from simpletuner_pl.schedules import FAST_SCHEDULE_SIGMAS, auto_shift, sample_sigmas, shift_sigmas
 
 FLUX_SCHEDULER = {"base_image_seq_len": 256, "max_image_seq_len": 4096, "base_shift": 0.5, "max_shift": 1.15}
 
 
 def train_cfg(**kw):
-    base = dict(flow_sigma_sampling="logit_normal", flow_sigmoid_scale=1.0, flow_beta_alpha=2.0, flow_beta_beta=2.0,
-                flow_schedule_shift=None, flow_schedule_auto_shift=False)
-    return SimpleNamespace(**(base | kw))
+    return TrainConfig(**kw)  # the real dataclass: its defaults are logit-normal σ, scale 1, no shift
 
 
 def test_logit_normal_statistics():
@@ -21,7 +19,7 @@ def test_logit_normal_statistics():
     logits = torch.logit(sigmas.double())
     assert abs(logits.mean().item()) < 0.01
     assert logits.std().item() == pytest.approx(1.0, abs=0.01)
-    assert 0 < sigmas.min() and sigmas.max() < 1
+    assert sigmas.min() > 0 and sigmas.max() < 1
 
 
 def test_sigmoid_scale_widens_logits():

@@ -4,15 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import typed
 from simpletuner_pl.losses import prediction_to_flow, sample_timesteps, sigma_to_timestep
+
+from helpers import typed
 
 PROMPTS = ["a photo of a cat", "a rocket"]
 
 
 @pytest.fixture(scope="module")
 def module():
-    from simpletuner_pl.models import build_module
+    from simpletuner_pl.models.build import build_module
 
     cfg = typed("model=tiny_sdxl", "quant.base_model_default_dtype=fp32", "adapter.rank=4")
     return build_module(cfg).eval()
@@ -59,7 +60,7 @@ def test_ddpm_loss_matches_diffusers_noising_and_targets(module, pipe, predictio
     g = torch.Generator().manual_seed(0)
     latents, noise = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
     t = torch.tensor([10, 500, 990])
-    module.prediction_type, module.cfg.train.snr_gamma = prediction_type, gamma
+    module.prediction_type, module.train_cfg.snr_gamma = prediction_type, gamma
     text = module.encode_prompts(PROMPTS + ["x"])
     ids = time_ids(pipe, (64, 64), (0, 0), (64, 64), 3)
     with torch.no_grad():
@@ -76,7 +77,7 @@ def test_ddpm_loss_matches_diffusers_noising_and_targets(module, pipe, predictio
             ab = torch.tensor(alphas_cumprod()[t.numpy()], dtype=torch.float32)
             snr = ab / (1 - ab)
             per_sample = per_sample * (torch.clamp(snr, max=gamma) / (snr if prediction_type == "epsilon" else snr + 1))
-    module.cfg.train.snr_gamma = None
+    module.train_cfg.snr_gamma = None
     torch.testing.assert_close(loss, per_sample.mean())
 
 

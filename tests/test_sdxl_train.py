@@ -1,56 +1,37 @@
 """SDXL end to end on CPU: the issue's command on a saved tiny pipeline, diffusers and Kohya LoRA loading back into
 StableDiffusionXLPipeline, full fine-tune, Diff2Flow, and the option combinations refused at startup."""
 
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import DEMO_DIR, compose, typed
-from simpletuner_pl.config import validate
 from simpletuner_pl.errors import ConfigError, ModelSourceError
+from simpletuner_pl.preflight import check_config
 
-ROOT = Path(__file__).resolve().parents[1]
-CPU = ["trainer.accelerator=cpu", "quant.base_model_default_dtype=fp32", "train.mixed_precision=no"]
-
-
-@pytest.fixture(scope="module")
-def tiny_sdxl_dir(tmp_path_factory) -> Path:
-    from simpletuner_pl.models.tiny_sdxl import save_tiny_sdxl_pipeline
-
-    return save_tiny_sdxl_pipeline(tmp_path_factory.mktemp("tiny_sdxl"))
+from helpers import CPU, compose, copy_demo_images, read_metrics, run_cli, typed
 
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("images")
-    for image in DEMO_DIR.glob("*.jpg"):
-        shutil.copy(image, out / image.name)
-    return out
+    return copy_demo_images(tmp_path_factory.mktemp("images"))
 
 
 def model_args(tiny_sdxl_dir, images, out):
     return ["model=sdxl", f"model.pretrained_model_name_or_path={tiny_sdxl_dir}",
             "model.pretrained_vae_model_name_or_path=null", "data=local",
             f"data.datasets.main.instance_data_dir={images}", "data.datasets.main.resolution=64",
-            f"data.cache_dir={out / 'cache'}", f"output_dir={out}", *CPU]
+            f"data.cache_dir={out / 'cache'}", f"output_dir={out}", CPU]
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_sdxl_dir, images, tmp_path_factory) -> Path:
     """The issue's command (plus CPU settings), with a Kohya export and alpha ≠ rank so the alpha tensor matters."""
     out = tmp_path_factory.mktemp("run")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
-    args = [*model_args(tiny_sdxl_dir, images, out), "train.max_steps=12", "adapter=lora", "adapter.rank=4",
-            "adapter.alpha=2", "adapter.export_format=kohya", "optimizer.lr=1e-2"]
-    result = subprocess.run([sys.executable, "-m", "simpletuner_pl", *args], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=600)
+    result = run_cli(*model_args(tiny_sdxl_dir, images, out), "train.max_steps=12", "adapter=lora", "adapter.rank=4",
+                     "adapter.alpha=2", "adapter.export_format=kohya", "optimizer.lr=1e-2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out
 
@@ -124,19 +105,17 @@ def test_diff2flow_trains(tiny_sdxl_dir, images, tmp_path):
                           "model.prediction_type=v_prediction", "train.max_steps=3", "train.batch_size=2",
                           "train.log_every_n_steps=1"))
     assert trainer.global_step == 3
-    rows = (tmp_path / "metrics.csv").read_text().splitlines()
-    column = rows[0].split(",").index("train/loss")
-    losses = [float(r.split(",")[column]) for r in rows[1:] if r.split(",")[column]]
+    losses = [loss for _, loss in read_metrics(tmp_path, "train/loss")]
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
 
 
 def test_missing_fp16_fix_vae_names_the_override(tiny_sdxl_dir):
-    from simpletuner_pl.models.loading import check_model_sources
+    from simpletuner_pl.preflight import check_model_sources
 
     cfg = typed("model=sdxl", f"model.pretrained_model_name_or_path={tiny_sdxl_dir}")
     assert cfg.model.pretrained_vae_model_name_or_path == "madebyollin/sdxl-vae-fp16-fix"
     with pytest.raises(ModelSourceError, match="model.pretrained_vae_model_name_or_path"):
-        check_model_sources(cfg.model)  # HF_HUB_OFFLINE=1 and not in the cache
+        check_model_sources(cfg, check_config(cfg))  # HF_HUB_OFFLINE=1 and not in the cache
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -150,11 +129,11 @@ def test_missing_fp16_fix_vae_names_the_override(tiny_sdxl_dir):
 ])
 def test_invalid_combinations_fail_at_startup(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        validate(typed("model=sdxl", *overrides))
+        check_config(typed("model=sdxl", *overrides))
 
 
 def test_lora_targets_default_and_custom_list():
-    from simpletuner_pl.models import build_module
+    from simpletuner_pl.models.build import build_module
 
     def wrapped(module):
         return {name.rsplit(".", 1)[-1] if not name.endswith("to_out.0") else "to_out.0"
@@ -170,11 +149,10 @@ def test_lora_targets_default_and_custom_list():
 
 
 def test_lora_trains_on_an_int8_quantised_unet(tmp_path):
-    from simpletuner_pl.models import build_module
+    from simpletuner_pl.models.build import build_module
 
-    cfg = typed("model=tiny_sdxl", "quant=int8", "quant.base_model_default_dtype=fp32", "adapter.rank=4",
-                "trainer.accelerator=cpu")
-    validate(cfg)
+    cfg = typed("model=tiny_sdxl", "quant=int8", "adapter.rank=4", CPU)
+    check_config(cfg)
     module = build_module(cfg)
     assert type(module.unet.conv_in).__name__ == "QConv2d" and module.denoiser is module.unet
     loss = module.training_loss({"pixel_values": torch.rand(2, 3, 64, 64) * 2 - 1, "captions": ["a cat", "a dog"]})

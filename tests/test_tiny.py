@@ -11,15 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from simpletuner_pl.models.tiny import (
-    ASSETS_DIR,
+from simpletuner_pl.models.tiny import load_tiny_tokenizers
+from simpletuner_pl.models.tiny_flux import (
     TINY_FLUX_TRANSFORMER,
-    TINY_TOKENIZER_DIR,
     build_tiny_flux_components,
     build_tiny_flux_pipeline,
-    load_tiny_tokenizers,
     save_tiny_flux_pipeline,
 )
+from simpletuner_pl.paths import ASSETS_DIR, TINY_TOKENIZER_DIR
 
 MODEL_KEYS = ("transformer", "vae", "text_encoder", "text_encoder_2")
 

@@ -1,23 +1,14 @@
 """End to end on CPU: the issue's exact command line, the saved LoRA in diffusers, resume, and bad input."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import compose
+from helpers import CPU, compose, copy_demo_images, read_metrics, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "simpletuner_pl", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
 
 
 def lora_tensors(pipe):
@@ -30,15 +21,9 @@ def lora_tensors(pipe):
 @pytest.fixture(scope="module")
 def trained(tiny_flux_dir, tmp_path_factory):
     """The issue's command, verbatim but for the paths."""
-    import shutil
-
-    from conftest import DEMO_DIR
-
-    images = tmp_path_factory.mktemp("images")
-    for image in DEMO_DIR.glob("*.jpg"):
-        shutil.copy(image, images / image.name)
+    images = copy_demo_images(tmp_path_factory.mktemp("images"))
     out = tmp_path_factory.mktemp("run")
-    result = cli(
+    result = run_cli(
         "model=flux", f"model.pretrained_model_name_or_path={tiny_flux_dir}", "data=local",
         f"data.datasets.main.instance_data_dir={images}", "data.datasets.main.resolution=64", "train.max_steps=20",
         "train.batch_size=1", "adapter.rank=4", "optimizer.lr=1e-3", "validation=off", "trainer.accelerator=cpu",
@@ -52,11 +37,9 @@ def test_command_writes_the_output_layout(trained):
     assert (trained / ".hydra" / "config.yaml").is_file()
     assert (trained / "checkpoints" / "last.ckpt").is_file()
     assert (trained / "adapter" / "pytorch_lora_weights.safetensors").is_file()
-    metrics = (trained / "metrics.csv").read_text().splitlines()
-    header = metrics[0].split(",")
+    header = (trained / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"train/loss", "lr", "step"} <= set(header)
-    losses = [float(row.split(",")[header.index("train/loss")]) for row in metrics[1:]
-              if row.split(",")[header.index("train/loss")]]
+    losses = [loss for _, loss in read_metrics(trained, "train/loss")]
     assert losses and all(torch.isfinite(torch.tensor(losses)))
     ckpt = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 20
@@ -89,8 +72,7 @@ def test_resume_continues_at_the_saved_step(tmp_path, images_dir):
 
     args = ["experiment=demo", "data=local", f"data.datasets.main.instance_data_dir={images_dir}",
             "data.datasets.main.resolution=64", "train.checkpoint_every_n_steps=3", "train.log_every_n_steps=1",
-            f"output_dir={tmp_path}",
-            "trainer.accelerator=cpu"]
+            f"output_dir={tmp_path}", CPU]
     first = run(compose(*args, "train.max_steps=6"))
     assert first.global_step == 6
     adapter_at_6 = load_file(tmp_path / "adapter" / "pytorch_lora_weights.safetensors")
@@ -131,19 +113,37 @@ def test_bad_input_fails_fast_with_a_clear_message(overrides, message, images_di
     empty = tmp_path / "empty"
     empty.mkdir()
     args = [o.format(empty=empty, images=images_dir) for o in overrides]
-    result = cli("experiment=demo", "data=local", f"data.datasets.main.instance_data_dir={images_dir}",
-                 f"output_dir={tmp_path / 'out'}", "trainer.accelerator=cpu", *args)
+    result = run_cli("experiment=demo", "data=local", f"data.datasets.main.instance_data_dir={images_dir}",
+                     f"output_dir={tmp_path / 'out'}", CPU, *args)
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert not (tmp_path / "out" / "checkpoints").exists()
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.batch_sise=2", "Key 'batch_sise' not in 'TrainConfig'"),
-    ("trainer.max_stepz=3", "Key 'max_stepz' not in 'TrainerConfig'"),
-])
-def test_unknown_key_is_rejected_by_hydra(override, message, tmp_path):
-    result = cli("experiment=demo", override, f"output_dir={tmp_path}")
+def test_unknown_key_is_rejected_by_hydra(tmp_path):
+    result = run_cli("experiment=demo", "train.batch_sise=2", f"output_dir={tmp_path}")
     assert result.returncode != 0
-    assert message in result.stderr
+    assert "Key 'batch_sise' not in 'TrainConfig'" in result.stderr
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.max_stepz=3", "trainer.max_stepz is not a lightning.Trainer argument (did you mean max_steps"),
+    ("trainer.max_steps=3", "trainer.max_steps is set from train.max_steps"),
+    ("trainer.devices=[0,1,2]", "lightning.Trainer refused the arguments"),
+])
+def test_trainer_arguments_are_checked_against_lightnings_signature(override, message, tmp_path):
+    result = run_cli("experiment=demo", CPU, override, f"output_dir={tmp_path}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stdout + result.stderr and "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_any_trainer_argument_passes_through(tmp_path):
+    """`trainer.*` reaches lightning.Trainer as given (here two Trainer arguments no config key of ours names)."""
+    from simpletuner_pl.train import run
+
+    trainer = run(compose("experiment=demo", CPU, "train.max_steps=3", "data.datasets.demo.resolution=64",
+                          "trainer.limit_train_batches=2", "trainer.max_epochs=1", f"output_dir={tmp_path}"))
+    assert trainer.limit_train_batches == 2 and trainer.max_epochs == 1
+    assert trainer.global_step == 2  # one epoch of two batches, before train.max_steps=3

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import compose, typed
+from helpers import CPU, DEMO_DIR, compose, typed
 
 SIZES = [(64, 64), (96, 48)]
 LIBRARY = {"../x": "a red cube on a table", "a/b": "a blue sphere",
@@ -24,8 +24,7 @@ def validation_args(tmp_path: Path, out: str, *extra: str):
             f"validation.prompt_library={library}", "validation.token=sks", "validation.resolutions='64x64,96x48'",
             "validation.num_inference_steps=2", "validation.every_n_steps=2", "validation.guidance_real=2.0",
             "validation.negative_prompt=blurry", "validation.seed=7", "data.datasets.demo.resolution=64",
-            f"data.cache_dir={tmp_path / out / 'cache'}", f"output_dir={tmp_path / out}",
-            "trainer.accelerator=cpu", *extra]
+            f"data.cache_dir={tmp_path / out / 'cache'}", f"output_dir={tmp_path / out}", CPU, *extra]
 
 
 @pytest.fixture(scope="module")
@@ -113,9 +112,8 @@ def test_model_card_records_what_reproduces_the_validation_images(two_runs):
     (["eval=loss", "eval.eval_loss.instance_data_dir={demo}"], "overlap training dataset demo"),
 ])
 def test_bad_validation_settings_fail_at_startup_with_the_fix(overrides, message):
-    from conftest import DEMO_DIR
-    from simpletuner_pl.config import validate
     from simpletuner_pl.errors import ConfigError
+    from simpletuner_pl.preflight import validate
 
     cfg = typed("experiment=demo", "validation=on", "validation.prompt=a cat",
                 *(o.format(demo=DEMO_DIR) for o in overrides))
@@ -181,7 +179,7 @@ def test_previews_are_posted_to_the_webhook(tmp_path):
                     "validation.preview=true", "validation.preview_steps=2",
                     f"validation.preview_decoder={decoder}", f"validation.webhook_url={url}",
                     "train.max_steps=1", "data.datasets.demo.resolution=64", f"data.cache_dir={tmp_path / 'cache'}",
-                    f"output_dir={tmp_path / 'run'}", "trainer.accelerator=cpu"))
+                    f"output_dir={tmp_path / 'run'}", CPU))
     # rounds at step 0 and at the end (step 1) x 2 sizes x steps 2 and 4 of 4
     assert len(posts) == 8
     assert [(p["global_step"], p["step"], tuple(p["resolution"])) for p in posts] == [
@@ -193,10 +191,12 @@ def test_previews_are_posted_to_the_webhook(tmp_path):
 
 
 def test_missing_preview_decoder_fails_before_weights_load(tmp_path):
-    from simpletuner_pl.callbacks.evaluation import evaluation_callbacks
     from simpletuner_pl.errors import ModelSourceError
+    from simpletuner_pl.preflight import preflight
 
     cfg = typed("experiment=demo", "validation=on", "validation.prompt=a cat", "validation.preview=true",
-                f"validation.preview_decoder={tmp_path / 'nope'}", "validation.webhook_url=http://127.0.0.1:9/x")
+                f"validation.preview_decoder={tmp_path / 'nope'}", "validation.webhook_url=http://127.0.0.1:9/x",
+                f"output_dir={tmp_path / 'run'}")
     with pytest.raises(ModelSourceError, match="does not exist"):
-        evaluation_callbacks(cfg, tmp_path)
+        preflight(cfg)
+    assert not (tmp_path / "run").exists()

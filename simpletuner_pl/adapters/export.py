@@ -45,6 +45,13 @@ def save_kohya(state: Dict[str, torch.Tensor], alpha: float, path: Path, prefix:
     return path
 
 
+def save_diffusers_lora(pipeline_cls, directory: Path, denoiser_name: str, state: Dict[str, torch.Tensor],
+                        metadata: dict) -> None:
+    """The family pipeline's own LoRA writer (`<Pipeline>.save_lora_weights`), so its loader reads it back."""
+    pipeline_cls.save_lora_weights(directory, **{f"{denoiser_name}_lora_layers": state,
+                                                 f"{denoiser_name}_lora_adapter_metadata": metadata})
+
+
 def save_full(model: torch.nn.Module, directory: Path) -> Path:
     """A fully fine-tuned denoiser as a diffusers folder: `from_pretrained(directory)` loads it back."""
     model.save_pretrained(directory, safe_serialization=True)

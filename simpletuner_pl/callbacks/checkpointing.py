@@ -1,15 +1,14 @@
 """Crash-safe checkpoints and adapter exports.
 
 Lightning serialises a checkpoint in memory and then streams it to its final path, so a crash or Ctrl-C during
-the write truncates `last.ckpt`. `AtomicCheckpointIO` writes beside the target and renames, so the previous
-good file survives until the new one is complete. `AdapterExport` writes diffusers-format adapters
+the write would truncate `last.ckpt`. `AtomicCheckpointIO` writes beside the target and renames (with fsync), so
+the previous good file survives until the new one is complete. `AdapterExport` writes diffusers-format adapters
 (`adapter/step_N/` and, at the end, `adapter/`).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,21 +16,13 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from simpletuner_pl.io import atomic_path
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict, path: Any, storage_options: Optional[Any] = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(checkpoint, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path, durable=True) as tmp:
+            torch.save(checkpoint, tmp)
 
 
 class AdapterExport(L.Callback):

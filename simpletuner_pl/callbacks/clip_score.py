@@ -10,7 +10,6 @@ or `open_clip:<arch>[:<pretrained tag | weights file | random>]` (`<arch>` may b
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -20,7 +19,10 @@ import lightning as L
 import torch
 
 from simpletuner_pl.callbacks.rounds import log_metrics
+from simpletuner_pl.config.validation import ClipScoreConfig
 from simpletuner_pl.errors import ConfigError
+from simpletuner_pl.io import write_json
+from simpletuner_pl.sources import Source, check_source
 
 log = logging.getLogger(__name__)
 OPEN_CLIP = "open_clip:"
@@ -61,8 +63,6 @@ def check_clip_source(spec: str) -> None:
     if spec.startswith(OPEN_CLIP):
         parse_open_clip(spec)
     else:
-        from simpletuner_pl.models.loading import Source, check_source
-
         check_source(Source("CLIP score model", spec, None, "config.json", key="eval.clip_score.model"))
 
 
@@ -79,7 +79,7 @@ def load_encoder(spec: str) -> Encoder:
             log.warning("CLIP score with randomly initialised %s weights: scores are meaningless", arch)
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
         tokenizer = open_clip.get_tokenizer(arch)
-        device = lambda: next(model.parameters()).device  # noqa: E731
+        device = lambda: next(model.parameters()).device
         return (model, lambda images: model.encode_image(torch.stack([preprocess(i) for i in images]).to(device())),
                 lambda texts: model.encode_text(tokenizer(texts).to(device())))
     from transformers import CLIPModel, CLIPProcessor
@@ -100,9 +100,8 @@ def clip_scores(encoder: Encoder, images: List, prompts: List[str]) -> torch.Ten
 
 
 class ClipScore(L.Callback):
-    def __init__(self, clip_cfg):
-        self.spec = clip_cfg.model
-        check_clip_source(self.spec)  # at startup, before any weight is loaded
+    def __init__(self, clip_cfg: ClipScoreConfig):
+        self.spec = clip_cfg.model  # checked at startup by simpletuner_pl.preflight (check_clip_source)
         self.encoder: Optional[Encoder] = None
 
     def on_validation_images(self, trainer: L.Trainer, module: L.LightningModule, step: int,
@@ -121,4 +120,4 @@ class ClipScore(L.Callback):
                               "eval/clip_score_std": scores.std(unbiased=False).item(),
                               "eval/clip_score_seconds": time.perf_counter() - started}, step)
         per_image = {s["path"].name: round(v, 4) for s, v in zip(samples, scores.tolist())}
-        (samples[0]["path"].parent / "clip_scores.json").write_text(json.dumps(per_image, indent=2) + "\n")
+        write_json(samples[0]["path"].parent / "clip_scores.json", per_image)

@@ -20,20 +20,20 @@ from typing import Any, Dict, List, Optional
 import lightning as L
 import torch
 
-from simpletuner_pl.callbacks.eval_data import batches, discover_held_out, held_out_source
 from simpletuner_pl.callbacks.plot import plot_loss_vs_sigma
 from simpletuner_pl.callbacks.rounds import PeriodicRound, log_metrics
+from simpletuner_pl.config.validation import EvalLossConfig
+from simpletuner_pl.data.held_out import HeldOutImage, batches
+from simpletuner_pl.io import write_json, write_text
 
 log = logging.getLogger(__name__)
 
 
 class EvalLoss(PeriodicRound):
-    def __init__(self, cfg, output_dir: Path):
-        loss_cfg = cfg.eval.eval_loss
-        super().__init__(loss_cfg.every_n_steps or cfg.validation.every_n_steps, loss_cfg.on_startup)
+    def __init__(self, loss_cfg: EvalLossConfig, every_n_steps: int, images: List[HeldOutImage], output_dir: Path):
+        super().__init__(every_n_steps, loss_cfg.on_startup)
         self.cfg = loss_cfg
-        self.source = held_out_source(cfg)
-        self.items = discover_held_out(self.source, loss_cfg.num_images)  # before any weight is loaded
+        self.items = images  # found and checked at startup, before any weight is loaded
         self.eval_dir = Path(output_dir) / "eval"
         self.best_dir = Path(output_dir) / "adapter" / "best"
         self.best: Optional[Dict[str, float]] = None  # {"step", "eval_loss"}; saved in checkpoints for resume
@@ -42,7 +42,7 @@ class EvalLoss(PeriodicRound):
     def evaluate(self, module: L.LightningModule) -> tuple[torch.Tensor, torch.Tensor]:
         """(σ grid, mean loss per σ over the held-out images). Seeded per image: bit-identical for equal weights."""
         per_image = []
-        for i, batch in enumerate(batches(self.items, self.source.resolution, module.device)):
+        for i, batch in enumerate(batches(self.items, module.device)):
             torch.manual_seed(self.cfg.seed + i)  # the caller (`isolated`) restores the training RNG
             sigmas, losses = module.eval_losses(batch, self.cfg.timesteps)
             per_image.append(losses)
@@ -57,16 +57,15 @@ class EvalLoss(PeriodicRound):
         log_metrics(trainer, metrics, step)
         record = {"step": step, "eval_loss": mean, "sigmas": sigmas.tolist(), "losses": losses.tolist()}
         self.history.append(record)
-        self.eval_dir.mkdir(parents=True, exist_ok=True)
         lines = "".join(json.dumps(r) + "\n" for r in self.history)  # rewritten whole: right after a resume too
-        (self.eval_dir / "losses.jsonl").write_text(lines)
+        write_text(self.eval_dir / "losses.jsonl", lines)
         plot_loss_vs_sigma([(r["step"], r["sigmas"], r["losses"]) for r in self.history],
                            self.eval_dir / "loss_vs_sigma.png")
         log.info("step %d: eval/loss %.6f over %d images x %d sigmas", step, mean, len(self.items), len(sigmas))
         if self.cfg.keep_best and math.isfinite(mean) and (self.best is None or mean < self.best["eval_loss"]):
             self.best = {"step": step, "eval_loss": mean}
             module.export_adapter(self.best_dir)
-            (self.best_dir / "best.json").write_text(json.dumps(self.best, indent=2) + "\n")
+            write_json(self.best_dir / "best.json", self.best)
 
     def state_dict(self) -> Dict[str, Any]:
         return {"best": self.best, "history": self.history}

@@ -1,66 +1,43 @@
-"""The validation/evaluation callbacks a run's config asks for, in the order their end-of-training work needs:
-images first (the CLIP score reads them), then the eval loss (it writes `adapter/best/`), then the model card
-(it links both). Constructors check their model sources and folders, so a bad path fails before weights load.
-
-Family modules take part through a small interface, checked here up front:
-`validation_pipeline()`, `validation_kwargs(validation_cfg, adapter_strength)` (images and model card),
-`preview_latents(latents, height, width)` and the class attribute `preview_decoder` (previews),
-`eval_losses(batch, num_timesteps) -> (sigmas, losses)` (eval loss).
+"""The validation/evaluation callbacks a run asks for, in the order their end-of-training work needs: images first
+(the CLIP score reads them), then the eval loss (it writes `adapter/best/`), then the model card (it links both).
+Everything they read from disk (prompt libraries, held-out images, model sources) was checked at startup by
+`simpletuner_pl.preflight`; what it found is handed in here.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
-from simpletuner_pl.errors import ConfigError
+import lightning as L
 
-
-def family_class(cfg) -> type:
-    if cfg.model.family == "sdxl":
-        from simpletuner_pl.models.sdxl import SDXLModule
-
-        return SDXLModule
-    from simpletuner_pl.models.flux import FluxModule
-
-    return FluxModule
-
-
-def require(family: type, setting: str, *members: str) -> None:
-    missing = [m for m in members if not getattr(family, m, None)]
-    if missing:
-        raise ConfigError(f"{setting} is not available for {family.__name__} yet (it has no {', '.join(missing)}); "
-                          f"turn it off for this model family")
+from simpletuner_pl.callbacks.clip_score import ClipScore
+from simpletuner_pl.callbacks.eval_loss import EvalLoss
+from simpletuner_pl.callbacks.model_card import ModelCard
+from simpletuner_pl.callbacks.previews import PreviewWebhook
+from simpletuner_pl.callbacks.prompts import ValidationPlan
+from simpletuner_pl.callbacks.validation import ValidationImages
+from simpletuner_pl.config.schema import RunConfig
+from simpletuner_pl.config.validation import ValidationConfig
+from simpletuner_pl.data.held_out import HeldOutImage
+from simpletuner_pl.models.registry import family
 
 
-def evaluation_callbacks(cfg, output_dir: Path) -> List:
-    from simpletuner_pl.callbacks.model_card import ModelCard
+def preview_decoder(cfg: RunConfig) -> str:
+    """The Tiny AutoEncoder of validation previews: `validation.preview_decoder`, else the family's."""
+    return cfg.validation.preview_decoder or family(cfg.model.family).preview_decoder
 
-    callbacks: List = []
-    v, family = cfg.validation, family_class(cfg)
-    if v.enabled:
-        from simpletuner_pl.callbacks.validation import ValidationImages
 
-        require(family, "validation.enabled=true", "validation_pipeline", "validation_kwargs")
-        preview = None
-        if v.preview:
-            from simpletuner_pl.callbacks.previews import PreviewWebhook, check_decoder_source
-
-            require(family, "validation.preview=true", "preview_latents")
-            if not (v.preview_decoder or getattr(family, "preview_decoder", None)):
-                raise ConfigError(f"{family.__name__} has no default Tiny AutoEncoder for previews: set "
-                                  "validation.preview_decoder=<AutoencoderTiny folder or hub id>")
-            decoder = v.preview_decoder or family.preview_decoder
-            check_decoder_source(decoder)
-            preview = PreviewWebhook(v, decoder)
-        callbacks.append(ValidationImages(cfg, output_dir, preview))
+def evaluation_callbacks(cfg: RunConfig, output_dir: Path, plan: Optional[ValidationPlan],
+                         held_out: Optional[List[HeldOutImage]]) -> List[L.Callback]:
+    v: ValidationConfig = cfg.validation
+    callbacks: List[L.Callback] = []
+    if plan is not None:
+        preview = PreviewWebhook(v, preview_decoder(cfg)) if v.preview else None
+        callbacks.append(ValidationImages(v, plan, output_dir, preview))
     if cfg.eval.clip_score.enabled:
-        from simpletuner_pl.callbacks.clip_score import ClipScore
-
         callbacks.append(ClipScore(cfg.eval.clip_score))
-    if cfg.eval.eval_loss.enabled:
-        from simpletuner_pl.callbacks.eval_loss import EvalLoss
-
-        require(family, "eval.eval_loss.enabled=true", "eval_losses")
-        callbacks.append(EvalLoss(cfg, output_dir))
-    return callbacks + [ModelCard(cfg, output_dir)]
+    if held_out is not None:
+        loss = cfg.eval.eval_loss
+        callbacks.append(EvalLoss(loss, loss.period(v), held_out, output_dir))
+    return callbacks + [ModelCard(cfg, plan, output_dir)]

@@ -15,6 +15,8 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
+from simpletuner_pl.io import atomic_path
+
 
 class _ResumableWriter(ExperimentWriter):
     def __init__(self, log_dir: str, resume_step: Optional[int]):
@@ -32,12 +34,10 @@ class _ResumableWriter(ExperimentWriter):
             reader = csv.DictReader(handle)
             header = list(reader.fieldnames or [])
             rows = [row for row in reader if row.get("step") and int(row["step"]) < self.resume_step]
-        tmp = path.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as handle:
+        with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=header)
             writer.writeheader()
             writer.writerows(rows)
-        tmp.replace(path)
         self.metrics_keys = header
 
 

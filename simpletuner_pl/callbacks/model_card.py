@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import lightning as L
 from omegaconf import OmegaConf
 
-from simpletuner_pl.callbacks.config import parse_resolutions
-from simpletuner_pl.callbacks.prompts import validation_prompts
+from simpletuner_pl.callbacks.prompts import ValidationPlan
+from simpletuner_pl.config.schema import RunConfig
+from simpletuner_pl.io import write_text
 
 
 def _rows(pairs: Dict[str, object]) -> List[str]:
@@ -33,11 +34,10 @@ def _snippet(pipeline: str, base: str, kwargs: Dict[str, object], prompt: str, s
             f"    generator=torch.Generator(\"cpu\").manual_seed({seed}),\n).images[0]\n```")
 
 
-def _validation_section(cfg, module, output_dir: Path) -> List[str]:
+def _validation_section(cfg: RunConfig, plan: ValidationPlan, module, output_dir: Path) -> List[str]:
     v = cfg.validation
     pipe = module.validation_pipeline()
-    seed = v.seed if v.seed is not None else cfg.seed
-    prompts, sizes = validation_prompts(v), parse_resolutions(v.resolutions)
+    seed, prompts, sizes = plan.seed, plan.prompts, plan.sizes
     kwargs = module.validation_kwargs(v)
     scheduler = {k: val for k, val in dict(pipe.scheduler.config).items() if not k.startswith("_")}
     lines = ["## Validation settings (reproduce the images with these)", ""] + _rows({
@@ -64,7 +64,7 @@ def _validation_section(cfg, module, output_dir: Path) -> List[str]:
     return lines
 
 
-def model_card(cfg, module, output_dir: Path, global_step: int) -> str:
+def model_card(cfg: RunConfig, plan: Optional[ValidationPlan], module, output_dir: Path, global_step: int) -> str:
     m, a = cfg.model, cfg.adapter
     base = m.pretrained_model_name_or_path or f"tiny random-init {m.family} (simpletuner_pl.models)"
     triggers = sorted({ds.instance_prompt for ds in cfg.data.enabled().values() if ds.instance_prompt}
@@ -85,8 +85,8 @@ def model_card(cfg, module, output_dir: Path, global_step: int) -> str:
                                                     **{f"optimizer.{k}": v for k, v in asdict(cfg.optimizer).items()},
                                                     **{f"train.{k}": v for k, v in asdict(cfg.train).items()},
                                                     "seed": cfg.seed}) + [""]
-    if cfg.validation.enabled:
-        lines += _validation_section(cfg, module, output_dir)
+    if plan is not None:
+        lines += _validation_section(cfg, plan, module, output_dir)
     config = OmegaConf.to_yaml(OmegaConf.structured(cfg))
     lines += ["<details><summary>Full resolved config</summary>", "", "```yaml", config.rstrip(), "```", "",
               "</details>", ""]
@@ -94,11 +94,10 @@ def model_card(cfg, module, output_dir: Path, global_step: int) -> str:
 
 
 class ModelCard(L.Callback):
-    def __init__(self, cfg, output_dir: Path):
-        self.cfg, self.output_dir = cfg, Path(output_dir)
+    def __init__(self, cfg: RunConfig, plan: Optional[ValidationPlan], output_dir: Path):
+        self.cfg, self.plan, self.output_dir = cfg, plan, Path(output_dir)
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.is_global_zero:
-            card = model_card(self.cfg, module, self.output_dir, trainer.global_step)
-            (self.output_dir / "adapter").mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "adapter" / "README.md").write_text(card, encoding="utf-8")
+            card = model_card(self.cfg, self.plan, module, self.output_dir, trainer.global_step)
+            write_text(self.output_dir / "adapter" / "README.md", card)

@@ -42,7 +42,7 @@ def plot_loss_vs_sigma(series: List[Series], path: Path, title: str = "eval loss
         draw.text((4, y - 6), f"{loss:.4g}", fill="black")
     draw.text((x0, 6), title, fill="black")
     draw.text(((x0 + x1) // 2 - 20, HEIGHT - 22), "sigma (1 = noise)", fill="black")
-    for i, (step, sigmas, values) in enumerate(series):
+    for i, (_step, sigmas, values) in enumerate(series):
         shade = int(200 * (1 - (i + 1) / len(series)))  # latest round darkest
         colour = (shade, shade, 255) if i == len(series) - 1 else (shade, shade, shade)
         points = [point(s, v) for s, v in sorted(zip(sigmas, values))]

@@ -19,13 +19,14 @@ from typing import Any, Callable, Dict, Optional
 
 import torch
 
+from simpletuner_pl.config.validation import ValidationConfig
+from simpletuner_pl.sources import Source, check_source
+
 log = logging.getLogger(__name__)
 
 
 def check_decoder_source(location: str) -> None:
     """Fail at startup, not at the first validation round, when the decoder cannot be found."""
-    from simpletuner_pl.models.loading import Source, check_source
-
     check_source(Source("validation preview decoder", location, None, "config.json", key="validation.preview_decoder"))
 
 
@@ -41,7 +42,7 @@ def post_json(url: str, payload: Dict[str, Any], timeout_s: float) -> bool:
 
 
 class PreviewWebhook:
-    def __init__(self, validation_cfg, decoder: str):
+    def __init__(self, validation_cfg: ValidationConfig, decoder: str):
         self.url, self.timeout_s = validation_cfg.webhook_url, validation_cfg.webhook_timeout_s
         self.every = validation_cfg.preview_steps
         self.location = decoder

@@ -11,9 +11,11 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
+from simpletuner_pl.config.validation import ValidationConfig, parse_resolutions
 from simpletuner_pl.errors import ConfigError
+from simpletuner_pl.paths import shipped_prompt_libraries
 
 TOKEN = "<token>"
 _PROMPT_KEYS = ("prompt", "caption", "tags")
@@ -27,18 +29,12 @@ class ValidationPrompt:
     adapter_strength: float = 1.0
 
 
-def shipped_libraries() -> Dict[str, Path]:
-    from simpletuner_pl.cli import config_dir
-
-    return {p.name: p for p in sorted((config_dir() / "validation").glob("*.json"))}
-
-
 def library_path(value: str) -> Path:
     """A path as given, else a library shipped in `conf/validation/` (works from an installed wheel too)."""
     path = Path(value).expanduser()
     if path.is_file():
         return path
-    shipped = shipped_libraries()
+    shipped = shipped_prompt_libraries()
     if value in shipped:
         return shipped[value]
     raise ConfigError(f"validation.prompt_library={value}: no such file; give a JSON file path or one of the shipped "
@@ -81,7 +77,21 @@ def load_library(path: Path, token: str | None) -> List[Tuple[str, str, float]]:
     return entries
 
 
-def validation_prompts(validation_cfg) -> List[ValidationPrompt]:
+@dataclass(frozen=True)
+class ValidationPlan:
+    """What every validation round renders, parsed once at startup (the callback and the model card share it)."""
+
+    prompts: List[ValidationPrompt]
+    sizes: List[Tuple[int, int]]  # (width, height)
+    seed: int
+
+
+def validation_plan(validation: ValidationConfig, run_seed: int) -> ValidationPlan:
+    return ValidationPlan(validation_prompts(validation), parse_resolutions(validation.resolutions),
+                          validation.seed if validation.seed is not None else run_seed)
+
+
+def validation_prompts(validation_cfg: ValidationConfig) -> List[ValidationPrompt]:
     """Every prompt to render, in a stable order, each with a unique safe nickname."""
     entries: List[Tuple[str, str, float]] = []
     if validation_cfg.prompt:

@@ -17,6 +17,8 @@ import lightning as L
 import numpy as np
 import torch
 
+from simpletuner_pl.memory.placement import is_self_placing
+
 
 @contextmanager
 def isolated(trainer: L.Trainer, module: L.LightningModule) -> Iterator[None]:
@@ -35,11 +37,6 @@ def isolated(trainer: L.Trainer, module: L.LightningModule) -> Iterator[None]:
             np.random.set_state(np_state)
 
 
-def _self_placing(component: torch.nn.Module) -> bool:
-    """Offload hooks (accelerate's cpu offload, diffusers' group offload) move the weights themselves."""
-    return any(hasattr(m, "_hf_hook") or hasattr(m, "_diffusers_hook") for m in component.modules())
-
-
 @contextmanager
 def components_on(module: L.LightningModule, device: torch.device) -> Iterator[None]:
     """Components parked elsewhere (the data pipeline moves the VAE and text encoders to the CPU once the caches are
@@ -47,7 +44,7 @@ def components_on(module: L.LightningModule, device: torch.device) -> Iterator[N
     moved = []
     for component in module.children():
         param = next(component.parameters(), None)
-        if param is not None and param.device != device and not _self_placing(component):
+        if param is not None and param.device != device and not is_self_placing(component):
             moved.append((component, param.device))
             component.to(device)
     try:

@@ -7,12 +7,13 @@ launch-to-first-step from outside the process.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
 
 import lightning as L
+
+from simpletuner_pl.io import write_json
 
 
 class StepTimer(L.Callback):
@@ -37,9 +38,9 @@ class StepTimer(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero or not self.step_seconds:
             return
-        self.path.write_text(json.dumps({
+        write_json(self.path, {
             "first_batch_start_unix": self.first_batch_start,
             "batches_timed": len(self.step_seconds),
             "median_step_s": statistics.median(self.step_seconds),
             "mean_step_s": statistics.fmean(self.step_seconds),
-        }, indent=2))
+        })

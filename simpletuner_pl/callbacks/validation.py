@@ -18,11 +18,11 @@ from typing import Dict, List, Optional
 import lightning as L
 import torch
 
-from simpletuner_pl.callbacks.config import parse_resolutions
 from simpletuner_pl.callbacks.image_log import log_grid, make_grid, rows_by_prompt
 from simpletuner_pl.callbacks.previews import PreviewWebhook
-from simpletuner_pl.callbacks.prompts import validation_prompts
+from simpletuner_pl.callbacks.prompts import ValidationPlan
 from simpletuner_pl.callbacks.rounds import PeriodicRound, log_metrics
+from simpletuner_pl.config.validation import ValidationConfig
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +35,10 @@ def image_path(step_dir: Path, nickname: str, width: int, height: int) -> Path:
 
 
 class ValidationImages(PeriodicRound):
-    def __init__(self, cfg, output_dir: Path, preview: Optional[PreviewWebhook] = None):
-        v = cfg.validation
-        super().__init__(v.every_n_steps, v.on_startup)
-        self.cfg = v
-        self.prompts = validation_prompts(v)
-        self.resolutions = parse_resolutions(v.resolutions)
-        self.seed = v.seed if v.seed is not None else cfg.seed
+    def __init__(self, validation: ValidationConfig, plan: ValidationPlan, output_dir: Path,
+                 preview: Optional[PreviewWebhook] = None):
+        super().__init__(validation.every_n_steps, validation.on_startup)
+        self.cfg, self.plan = validation, plan
         self.root = Path(output_dir) / "validation"
         self.preview = preview
 
@@ -50,14 +47,14 @@ class ValidationImages(PeriodicRound):
         pipe.set_progress_bar_config(disable=True)
         steps = self.cfg.num_inference_steps
         samples = []
-        for prompt in self.prompts:
+        for prompt in self.plan.prompts:
             kwargs = module.validation_kwargs(self.cfg, prompt.adapter_strength)
-            for width, height in self.resolutions:
+            for width, height in self.plan.sizes:
                 if self.preview is not None:
                     info = {"global_step": step, "nickname": prompt.nickname, "prompt": prompt.prompt}
                     kwargs["callback_on_step_end"] = self.preview.step_callback(module, info, width, height, steps)
                 image = pipe(prompt=prompt.prompt, width=width, height=height, num_inference_steps=steps,
-                             generator=torch.Generator("cpu").manual_seed(self.seed), **kwargs).images[0]
+                             generator=torch.Generator("cpu").manual_seed(self.plan.seed), **kwargs).images[0]
                 samples.append({"nickname": prompt.nickname, "prompt": prompt.prompt, "width": width,
                                 "height": height, "image": image})
         return samples

@@ -110,14 +110,23 @@ def plan_geometry(width: int, height: int, ds, seed_key: str) -> Geometry:
 
     SimpleTuner's optional pre-crop downsample (maximum_image_size → target_downsample_size) is folded into this
     single resize: resizing first to any size and then to the covering size selects the same pixels."""
-    bucket_w, bucket_h = target_bucket(width, height, ds, seed_key)
+    return cover_and_crop(width, height, target_bucket(width, height, ds, seed_key), ds.crop_style, seed_key)
+
+
+def centre_square(width: int, height: int, side: int) -> Geometry:
+    """The centred `side`-px square of an image resized to cover it (the eval loss's fixed geometry)."""
+    return cover_and_crop(width, height, (side, side), "center", "")
+
+
+def cover_and_crop(width: int, height: int, bucket: Tuple[int, int], crop_style: str, seed_key: str) -> Geometry:
+    bucket_w, bucket_h = bucket
     scale = max(bucket_w / width, bucket_h / height)
     resized_w = max(bucket_w, round(width * scale))
     resized_h = max(bucket_h, round(height * scale))
     spare_h, spare_w = resized_h - bucket_h, resized_w - bucket_w
-    if ds.crop_style in ("center", "centre"):
+    if crop_style in ("center", "centre"):
         top, left = spare_h // 2, spare_w // 2
-    elif ds.crop_style == "corner":
+    elif crop_style == "corner":
         top, left = 0, 0
     else:
         rng = _rng(seed_key, "crop")

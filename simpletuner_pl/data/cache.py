@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Dict, Iterable, Set
 
@@ -18,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from simpletuner_pl.data.buckets import Geometry
+from simpletuner_pl.io import atomic_path
 
 SUFFIX = ".safetensors"
 
@@ -59,16 +59,8 @@ class TensorCache:
         return set(keys) - self.keys()
 
     def save(self, key: str, tensors: Dict[str, torch.Tensor], metadata: Dict[str, str] | None = None) -> None:
-        target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        try:
-            save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(self.path(key)) as tmp:
+            save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
     def load(self, key: str) -> Dict[str, torch.Tensor]:
         return load_file(self.path(key))

@@ -8,19 +8,20 @@ Bad files never stop a run: they are listed with their reason (and later written
 from __future__ import annotations
 
 import logging
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Tuple
 
+from simpletuner_pl.config.data import DataConfig, DatasetConfig
+from simpletuner_pl.config.schema import TrainConfig
 from simpletuner_pl.data.buckets import Geometry, filter_reason, plan_geometry
 from simpletuner_pl.data.captions import Captions, caption_source
 from simpletuner_pl.data.discovery import IMAGE_EXTENSIONS, Listing, discover
+from simpletuner_pl.data.plan import Bucket, BucketPlan, Buckets, EffectiveBatch, plan_buckets
 from simpletuner_pl.errors import DataError
 
 log = logging.getLogger(__name__)
-Bucket = Tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -35,12 +36,12 @@ class Sample:
 @dataclass
 class DatasetIndex:
     id: str
-    config: object  # DatasetConfig
+    config: DatasetConfig
     root: Path
     samples: List[Sample]
     skipped: List[Dict[str, str]] = field(default_factory=list)
 
-    def buckets(self) -> Dict[Bucket, List[int]]:
+    def buckets(self) -> Buckets:
         """Bucket (W, H) → indices into `samples`, buckets in a stable order."""
         groups: Dict[Bucket, List[int]] = {}
         for i, sample in enumerate(self.samples):
@@ -48,55 +49,30 @@ class DatasetIndex:
         return dict(sorted(groups.items()))
 
 
-def repeats_needed(count: int, effective_batch: int) -> int:
-    return max(0, math.ceil(effective_batch / count) - 1)
+@dataclass
+class Catalog:
+    """The indexed training datasets, by id, and their bucket plan for the number of ranks expected."""
+
+    datasets: Dict[str, DatasetIndex]
+    plan: Optional[BucketPlan]
+
+    def __getitem__(self, name: str) -> DatasetIndex:
+        return self.datasets[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.datasets)
+
+    def items(self):
+        return self.datasets.items()
+
+    def replan(self, batch: EffectiveBatch) -> BucketPlan:
+        """The bucket plan for `batch` (another number of ranks, or samples dropped since)."""
+        return plan_buckets({n: (i.buckets(), i.config.repeats) for n, i in self.datasets.items()}, batch)
 
 
-def prune(index: DatasetIndex, effective_batch: int) -> Tuple[Dict[Bucket, List[int]], Dict[Bucket, int]]:
-    """(kept buckets, dropped bucket → repeats that would keep it): a bucket needs count × (repeats + 1) images
-    for one batch on every rank in every accumulation step."""
-    kept, dropped = {}, {}
-    passes = index.config.repeats + 1
-    for bucket, members in index.buckets().items():
-        if len(members) * passes >= effective_batch:
-            kept[bucket] = members
-        else:
-            dropped[bucket] = repeats_needed(len(members), effective_batch)
-    return kept, dropped
-
-
-def effective_batch(train, world: int) -> Tuple[int, str]:
-    """(images one step consumes across ranks and accumulation, the same spelled out for messages)."""
-    size = train.batch_size * world * train.gradient_accumulation_steps
-    return size, (f"train.batch_size × ranks × gradient_accumulation_steps = {train.batch_size} × {world} × "
-                  f"{train.gradient_accumulation_steps} = {size}")
-
-
-def describe_pruned(name: str, index: DatasetIndex, dropped: Dict[Bucket, int], batch: str) -> str:
-    sizes = {b: len(m) for b, m in index.buckets().items()}
-    listed = ", ".join(f"{w}x{h} ({sizes[(w, h)]} image{'s' * (sizes[(w, h)] != 1)})" for w, h in dropped)
-    return (f"bucket(s) {listed} have fewer images × (repeats + 1) than {batch}; set "
-            f"data.datasets.{name}.repeats={max(dropped.values())} to keep them (or lower train.batch_size)")
-
-
-def check_buckets(name: str, index: DatasetIndex, effective: int, batch: str) -> Dict[Bucket, List[int]]:
-    """The buckets that can make batches; DataError (with the repeats that fix it) when none can."""
-    if not index.samples:
-        raise DataError(f"no images detected in dataset {name}: none of its images is usable "
-                        f"(every one is listed with its reason in <output_dir>/data/buckets.json)")
-    kept, dropped = prune(index, effective)
-    if not kept:
-        raise DataError(f"no images detected in dataset {name} ({len(index.samples)} usable): "
-                        + describe_pruned(name, index, dropped, batch))
-    if dropped:
-        log.warning("dataset %s: %s — they are not trained on", name, describe_pruned(name, index, dropped, batch))
-    return kept
-
-
-def expected_world_size(trainer_cfg) -> int:
-    """Data-parallel ranks the Trainer will run, estimated from `trainer.devices`/`num_nodes` before it exists."""
-    get = trainer_cfg.get if isinstance(trainer_cfg, dict) else lambda key, default: getattr(trainer_cfg, key, default)
-    devices, nodes = get("devices", "auto"), int(get("num_nodes", 1) or 1)
+def expected_world_size(trainer: Mapping[str, object]) -> int:
+    """Data-parallel ranks the Trainer will run, from the `trainer.devices`/`num_nodes` arguments before it exists."""
+    devices, nodes = trainer.get("devices", "auto"), int(trainer.get("num_nodes", 1) or 1)
     if isinstance(devices, (list, tuple)):
         count = len(devices)
     elif isinstance(devices, int) or (isinstance(devices, str) and devices.lstrip("-").isdigit()):
@@ -108,12 +84,12 @@ def expected_world_size(trainer_cfg) -> int:
     if count < 0:  # "auto" / -1: every visible accelerator
         import torch
 
-        on_cpu = get("accelerator", "auto") == "cpu" or not torch.cuda.is_available()
+        on_cpu = trainer.get("accelerator", "auto") == "cpu" or not torch.cuda.is_available()
         count = 1 if on_cpu else torch.cuda.device_count()
     return max(1, count) * max(1, nodes)
 
 
-def index_dataset(name: str, ds, listing: Listing) -> DatasetIndex:
+def index_dataset(name: str, ds: DatasetConfig, listing: Listing) -> DatasetIndex:
     captions_of = caption_source(ds, listing.root, listing.sidecars)
     samples, skipped = [], []
     for info in listing.images:
@@ -133,7 +109,7 @@ def index_dataset(name: str, ds, listing: Listing) -> DatasetIndex:
     return DatasetIndex(name, ds, listing.root, samples, skipped)
 
 
-def _check_folder(name: str, ds) -> Path:
+def _check_folder(name: str, ds: DatasetConfig) -> Path:
     root = Path(ds.instance_data_dir).expanduser()
     if not root.is_dir():
         fetch = (f"; fetch it with `huggingface-cli download --repo-type=dataset {ds.huggingface_dataset} "
@@ -164,12 +140,10 @@ def _report_skipped(name: str, index: DatasetIndex, total: int) -> None:
                         + (f". To keep them: {fixes}" if fixes else ""))
 
 
-def discover_all(cfg) -> Dict[str, DatasetIndex]:
-    """Index every enabled training dataset; raise DataError when one cannot give a single batch."""
-    data, train = cfg.data, cfg.train
+def discover_all(data: DataConfig, train: TrainConfig, trainer: Mapping[str, object]) -> Catalog:
+    """Index every enabled training dataset and plan its buckets; DataError when one cannot give a single batch."""
     listings: Dict[Tuple[Path, bool], Listing] = {}
-    effective, batch = effective_batch(train, expected_world_size(cfg.trainer))
-    catalog = {}
+    datasets = {}
     for name, ds in data.training().items():
         key = (_check_folder(name, ds).resolve(), ds.caption_strategy == "textfile")
         if key not in listings:
@@ -178,8 +152,8 @@ def discover_all(cfg) -> Dict[str, DatasetIndex]:
         if not listing.images:
             raise DataError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found under {key[0]} "
                             f"(data.datasets.{name}.instance_data_dir)")
-        index = index_dataset(name, ds, listing)
-        _report_skipped(name, index, len(listing.images))
-        check_buckets(name, index, effective, batch)
-        catalog[name] = index
+        datasets[name] = index_dataset(name, ds, listing)
+        _report_skipped(name, datasets[name], len(listing.images))
+    catalog = Catalog(datasets, None)
+    catalog.plan = catalog.replan(EffectiveBatch.of(train, expected_world_size(trainer)))
     return catalog

@@ -1,11 +1,11 @@
-"""`AspectBucketDataModule`: the datasets of `discover_all` as bucketed, cached, resumable training batches.
+"""`AspectBucketDataModule`: the discovered datasets as bucketed, cached, resumable training batches.
 
-Lifecycle under Lightning: `setup` prunes buckets for the real number of ranks and writes
-`output_dir/data/buckets.json`; `build_caches` (called by the module's `on_fit_start`, on its device) fills the
-latent and text caches for this rank's shard, drops images that fail to decode, then moves the encoders off the
-accelerator; `train_dataloader` serves batches. `state_dict` holds the position of the last batch trained on,
-so a checkpoint resume continues the epoch where it stopped. Without `build_caches` (a module that has no
-encoders to lend), batches carry `pixel_values` and `captions` for the module to encode itself.
+Lifecycle under Lightning: `setup` re-plans the buckets only if the real number of ranks differs from the one
+discovery planned for, and writes `output_dir/data/buckets.json`; `build_caches` (the `BuildCaches` callback, at
+fit start, on the module's device) fills this rank's share of the latent and text caches, drops images that fail to
+decode, then parks the encoders off the accelerator; `train_dataloader` serves batches. `state_dict` holds the
+position of the last batch trained on, so a resume continues the epoch where it stopped. Without caches (no
+encoders lent yet), batches carry `pixel_values` and `captions` for the module to encode itself.
 """
 
 from __future__ import annotations
@@ -20,18 +20,20 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from simpletuner_pl.data.cache import TensorCache, latent_key, text_key
-from simpletuner_pl.data.catalog import DatasetIndex, check_buckets, effective_batch
+from simpletuner_pl.config.data import DataConfig
+from simpletuner_pl.config.schema import TrainConfig
+from simpletuner_pl.data.batch import Batch, no_collate
+from simpletuner_pl.data.cache import TensorCache, latent_key
+from simpletuner_pl.data.caching import Encoders, fill_latents, fill_texts, gather_failures
+from simpletuner_pl.data.catalog import Catalog
 from simpletuner_pl.data.dataset import BatchDataset, DatasetSpec, TextSource
-from simpletuner_pl.data.encode import encode_latents, encode_texts, offload
-from simpletuner_pl.data.report import bucket_report, write_json
-from simpletuner_pl.data.sampler import BucketBatchSampler
+from simpletuner_pl.data.encode import Job, offload
+from simpletuner_pl.data.plan import EffectiveBatch
+from simpletuner_pl.data.report import bucket_report
+from simpletuner_pl.data.sampler import BucketBatchSampler, WeightedDataset
+from simpletuner_pl.io import write_json
 
 log = logging.getLogger(__name__)
-
-
-def _identity(item):
-    return item
 
 
 class ResumableLoader(DataLoader):
@@ -50,137 +52,119 @@ class ResumableLoader(DataLoader):
 
 
 class AspectBucketDataModule(L.LightningDataModule):
-    def __init__(self, cfg, catalog: Dict[str, DatasetIndex], output_dir: str | os.PathLike):
+    def __init__(self, data: DataConfig, train: TrainConfig, seed: int, catalog: Catalog,
+                 output_dir: str | os.PathLike):
         super().__init__()
-        self.cfg, self.catalog, self.output_dir = cfg, catalog, Path(output_dir)
-        self.configs = {name: index.config for name, index in catalog.items()}
-        self.module = None
+        self.data, self.train_cfg, self.seed, self.catalog = data, train, seed, catalog
+        self.output_dir = Path(output_dir)
+        self.plan = catalog.plan
+        self.encoders: Optional[Encoders] = None
         self.vae_identity: Optional[str] = None
         self.text: Optional[TextSource] = None
         self.start = (0, 0)  # (epoch, position) of the next batch to train on
-        self.refresh()
+        self.lay_out()
 
     def rank_and_world(self) -> tuple:
         trainer = getattr(self, "trainer", None)
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def refresh(self) -> None:
-        """Re-plan buckets, shards and cache keys for the current samples and number of ranks."""
+    def lay_out(self) -> None:
+        """Samples, this rank's sampler and the latent cache keys, from the current plan."""
         rank, world = self.rank_and_world()
-        effective, spelled = effective_batch(self.cfg.train, world)
-        self.samples, buckets = [], []
+        self.samples, weighted = [], []
         for name, index in self.catalog.items():
-            kept = check_buckets(name, index, effective, spelled)
             offset = len(self.samples)
             self.samples += index.samples
-            buckets.append([[offset + i for i in members] for members in kept.values()])
-        configs = list(self.configs.values())
-        self.sampler = BucketBatchSampler(buckets, [c.repeats for c in configs], [c.probability for c in configs],
-                                          self.cfg.train.batch_size, self.cfg.seed, rank, world)
-        self.latent_keys = [None if self.vae_identity is None or self.configs[s.dataset_id].vae_cache_disable
+            kept = self.plan.datasets[name].kept.values()
+            weighted.append(WeightedDataset([[offset + i for i in members] for members in kept],
+                                            index.config.repeats, index.config.probability))
+        self.sampler = BucketBatchSampler(weighted, self.train_cfg.batch_size, self.seed, rank, world)
+        self.latent_keys = [None if self.vae_identity is None or self.data.datasets[s.dataset_id].vae_cache_disable
                             else latent_key(s.identity, s.geometry, self.vae_identity) for s in self.samples]
 
+    def replan(self) -> None:
+        self.plan = self.catalog.replan(EffectiveBatch.of(self.train_cfg, self.rank_and_world()[1]))
+        self.lay_out()
+
     def setup(self, stage: Optional[str] = None) -> None:
-        self.refresh()
+        if self.rank_and_world()[1] != self.plan.batch.world:
+            self.replan()
+        else:
+            self.lay_out()  # this rank's shard
         self.write_report()
 
     # ---- caches ---------------------------------------------------------------------------------------------
     def my_samples(self, dataset: int) -> np.ndarray:
         return np.unique(np.concatenate(self.sampler.shards[dataset]))
 
-    def build_caches(self, module) -> None:
+    def latent_jobs(self) -> Dict[str, List[Job]]:
+        """Per dataset whose latents are cached up front: (key, path, geometry) of this rank's samples."""
+        jobs = {}
+        for d, (name, index) in enumerate(self.catalog.items()):
+            if not (index.config.vae_cache_disable or index.config.vae_cache_ondemand):
+                jobs[name] = [(self.latent_keys[i], self.samples[i].path, self.samples[i].geometry)
+                              for i in self.my_samples(d)]
+        return jobs
+
+    def my_captions(self) -> List[str]:
+        captions = [c for d in range(len(self.sampler.shards)) for i in self.my_samples(d)
+                    for c in self.samples[i].captions]
+        if any(index.config.caption_dropout_probability > 0 for _, index in self.catalog.items()):
+            captions.append("")
+        return captions
+
+    def build_caches(self, encoders: Encoders) -> None:
         """Fill this rank's share of the caches, drop undecodable images everywhere, free the accelerator."""
-        data, world = self.cfg.data, self.rank_and_world()[1]
-        identity = module.cache_identity()
-        self.module, self.vae_identity = module, identity["vae"]
-        while True:
-            self.refresh()
-            failures: Dict[str, str] = {}
-            for d, (name, ds) in enumerate(self.configs.items()):
-                if ds.vae_cache_disable or ds.vae_cache_ondemand:
-                    continue
-                cache = TensorCache(data.vae_cache_dir(name))
-                have = cache.keys()
-                jobs = [(self.latent_keys[i], self.samples[i].path, self.samples[i].geometry)
-                        for i in self.my_samples(d) if self.latent_keys[i] not in have]
-                if jobs:
-                    log.info("dataset %s: encoding %d latents into %s", name, len(jobs), cache.root)
-                failures.update(encode_latents(module, jobs, cache, data.vae_batch_size, data.num_workers))
-            failures = self.gather(failures)
-            if not failures:
-                break
+        identity = encoders.cache_identity()
+        self.encoders, self.vae_identity = encoders, identity["vae"]
+        self.lay_out()  # latent keys now carry the VAE's identity
+        while failures := gather_failures(fill_latents(self.data, self.latent_jobs(), encoders)):
             self.drop(failures)
-        self.cache_texts(module, identity["text"])
-        if world > 1:
+            self.replan()
+        self.text = fill_texts(self.data, self.my_captions(), encoders, identity["text"])
+        if self.rank_and_world()[1] > 1:
             self.trainer.strategy.barrier()
-        keep_vae = any(ds.vae_cache_disable or ds.vae_cache_ondemand for ds in self.configs.values())
-        offload(module, ["text_encoder", "text_encoder_2"] + ([] if keep_vae else ["vae"]))
+        keep_vae = any(i.config.vae_cache_disable or i.config.vae_cache_ondemand for _, i in self.catalog.items())
+        offload(encoders, list(encoders.text_encoder_names) + ([] if keep_vae else ["vae"]))
         self.write_report()
-
-    def cache_texts(self, module, text_identity: str) -> None:
-        # The sequence length the model's own encoder pads to (Flux: model.t5_max_length; SDXL: CLIP's 77).
-        max_length = int(module.encode_prompts([""])["prompt_embeds"].shape[1])
-        captions = {c for d in range(len(self.configs)) for i in self.my_samples(d) for c in self.samples[i].captions}
-        if any(ds.caption_dropout_probability > 0 for ds in self.configs.values()):
-            captions.add("")
-        keys = {c: text_key(c, text_identity, max_length) for c in sorted(captions)}
-        cache = TensorCache(self.cfg.data.text_cache_dir())
-        have = cache.keys()
-        todo = [(k, c) for c, k in keys.items() if k not in have]
-        if todo:
-            log.info("encoding %d captions into %s", len(todo), cache.root)
-        encode_texts(module, todo, cache, self.cfg.data.text_embeds.write_batch_size)
-        self.text = TextSource(cache, keys, max_length)
-
-    def gather(self, failures: Dict[str, str]) -> Dict[str, str]:
-        """Every rank's decode failures, so all ranks drop the same images and keep identical plans."""
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            everyone: List[Dict[str, str]] = [{} for _ in range(torch.distributed.get_world_size())]
-            torch.distributed.all_gather_object(everyone, failures)
-            return {path: reason for part in everyone for path, reason in part.items()}
-        return failures
 
     def drop(self, failures: Dict[str, str]) -> None:
         for name, index in self.catalog.items():
-            bad = [s for s in index.samples if s.path in failures]
-            for sample in bad:
+            for sample in (s for s in index.samples if s.path in failures):
                 log.warning("dataset %s: skipping %s: %s", name, sample.path, failures[sample.path])
                 index.skipped.append({"path": sample.path, "reason": failures[sample.path]})
             index.samples = [s for s in index.samples if s.path not in failures]
 
     def write_report(self) -> None:
-        rank, world = self.rank_and_world()
-        if rank == 0:
-            report = bucket_report(self.catalog, self.sampler.steps_per_dataset(),
-                                   effective_batch(self.cfg.train, world)[0])
+        if self.rank_and_world()[0] == 0:
+            report = bucket_report(self.catalog, self.plan, self.sampler.steps_per_dataset())
             write_json(self.output_dir / "data" / "buckets.json", report)
 
     # ---- batches --------------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
-        data = self.cfg.data
-        specs = [DatasetSpec(name, ds.is_regularisation_data, ds.caption_dropout_probability,
-                             None if self.vae_identity is None or ds.vae_cache_disable
-                             else TensorCache(data.vae_cache_dir(name)))
-                 for name, ds in self.configs.items()]
+        specs = [DatasetSpec(name, index.config.is_regularisation_data, index.config.caption_dropout_probability,
+                             None if self.vae_identity is None or index.config.vae_cache_disable
+                             else TensorCache(self.data.vae_cache_dir(name)))
+                 for name, index in self.catalog.items()]
         self.sampler.set_start(*self.start)
-        dataset = BatchDataset(self.samples, specs, self.latent_keys, self.text, self.cfg.seed)
-        workers = data.num_workers
+        dataset = BatchDataset(self.samples, specs, self.latent_keys, self.text, self.seed)
+        workers = self.data.num_workers
         return ResumableLoader(dataset, batch_size=None, sampler=self.sampler, num_workers=workers,
-                               collate_fn=_identity, pin_memory=torch.cuda.is_available(),
+                               collate_fn=no_collate, pin_memory=torch.cuda.is_available(),
                                persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
                                datamodule=self)
 
-    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+    def on_before_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         epoch, position = batch.pop("_position")
         self.start = (epoch, position + 1)
         return batch
 
-    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         """Encode batches whose latents are not cached yet (on-demand filling) and write them."""
         keys, root = batch.pop("_latent_keys", None), batch.pop("_latent_cache", None)
-        if keys is not None and self.module is not None:
+        if keys is not None and self.encoders is not None:
             pixels = batch.pop("pixel_values")
-            batch["latents"] = self.module.encode_images(pixels).to(pixels.device)
+            batch["latents"] = self.encoders.encode_images(pixels).to(pixels.device)
             cache = TensorCache(Path(root))
             for key, latent in zip(keys, batch["latents"]):
                 cache.save(key, {"latents": latent.clone()})

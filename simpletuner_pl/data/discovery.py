@@ -12,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from PIL import Image, UnidentifiedImageError
+
+from simpletuner_pl.io import write_json
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 CACHE_VERSION = 1
@@ -142,12 +143,8 @@ def _save_cache(path: Path, root: Path, images: Dict[str, tuple], texts: Dict[st
                                         for n, k in enumerate(("mtime_ns", "size", "width", "height", "error"))}}
     text_columns = {"path": list(texts), **{k: [v[n] for v in texts.values()]
                                             for n, k in enumerate(("mtime_ns", "size", "text"))}}
-    payload = json.dumps({"version": CACHE_VERSION, "root": str(root), "images": columns, "texts": text_columns})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(payload)
-    os.replace(tmp, path)
+    write_json(path, {"version": CACHE_VERSION, "root": str(root), "images": columns, "texts": text_columns},
+               indent=None)
 
 
 def discover(root: Path, cache_root: Path, read_sidecars: bool, workers: int = 16) -> Listing:

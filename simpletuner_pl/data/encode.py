@@ -16,6 +16,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from simpletuner_pl.data.batch import no_collate
 from simpletuner_pl.data.buckets import Geometry
 from simpletuner_pl.data.cache import TensorCache
 from simpletuner_pl.data.images import load_pixels, normalise
@@ -42,10 +43,6 @@ class _Chunks(Dataset):
         return keys, torch.stack(pixels) if pixels else None, failures
 
 
-def _identity(item):
-    return item
-
-
 def encode_latents(module, jobs: Sequence[Job], cache: TensorCache, batch_size: int,
                    num_workers: int) -> Dict[str, str]:
     """Encode and write every job; returns {path: reason} for images that could not be decoded."""
@@ -53,7 +50,7 @@ def encode_latents(module, jobs: Sequence[Job], cache: TensorCache, batch_size: 
     for job in jobs:
         groups.setdefault(job[2].bucket, []).append(job)
     chunks = [g[i:i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
-    loader = DataLoader(_Chunks(chunks), batch_size=None, num_workers=num_workers, collate_fn=_identity,
+    loader = DataLoader(_Chunks(chunks), batch_size=None, num_workers=num_workers, collate_fn=no_collate,
                         prefetch_factor=4 if num_workers else None)
     failures: Dict[str, str] = {}
     done, started, last_log = 0, time.perf_counter(), time.perf_counter()

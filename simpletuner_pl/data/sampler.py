@@ -23,6 +23,15 @@ from torch.utils.data import DistributedSampler
 
 
 @dataclass(frozen=True)
+class WeightedDataset:
+    """One dataset as the sampler sees it: its buckets (lists of global sample indices), repeats and weight."""
+
+    buckets: Sequence[Sequence[int]]
+    repeats: int = 0
+    probability: float = 1.0
+
+
+@dataclass(frozen=True)
 class BatchRequest:
     indices: Tuple[int, ...]  # global sample indices, all in one bucket of one dataset
     dataset: int
@@ -34,15 +43,16 @@ class BucketBatchSampler(DistributedSampler):
     """Yields `BatchRequest`s. A `DistributedSampler` subclass only so Lightning does not wrap it in another
     (it leaves DistributedSampler instances alone); the sharding is done here."""
 
-    def __init__(self, buckets: Sequence[Sequence[Sequence[int]]], repeats: Sequence[int],
-                 probabilities: Sequence[float], batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, datasets: Sequence[WeightedDataset], batch_size: int, seed: int, rank: int = 0,
+                 world_size: int = 1):
         self.num_replicas, self.rank, self.seed, self.shuffle, self.drop_last = world_size, rank, seed, True, False
-        self.batch_size, self.repeats, self.probabilities = batch_size, list(repeats), list(probabilities)
+        self.batch_size = batch_size
+        self.repeats, self.probabilities = [d.repeats for d in datasets], [d.probability for d in datasets]
         self.shards: List[List[np.ndarray]] = []
         self.batches_per_pass: List[List[int]] = []
-        for d, dataset_buckets in enumerate(buckets):
+        for d, dataset in enumerate(datasets):
             shards, counts = [], []
-            for b, members in enumerate(dataset_buckets):
+            for b, members in enumerate(dataset.buckets):
                 order = np.random.default_rng([seed, d, b]).permutation(np.asarray(members, dtype=np.int64))
                 shards.append(order[rank::world_size] if len(order) >= world_size else order[[rank % len(order)]])
                 counts.append(max(1, math.ceil(len(order) / (world_size * batch_size))))

@@ -1,66 +1,14 @@
-"""`offload.model_cpu_offload` and `offload.offload_during_startup`: which component is on the GPU when.
+"""Which components move their own weights between devices.
 
-Training runs the denoiser every step but the VAE and text encoders only while caches are built (or for uncached
-samples). With `model_cpu_offload` they live on the CPU and accelerate's offload hooks move one at a time to the
-GPU when it runs (the next one's hook sends the previous back), so the GPU holds the denoiser plus at most one
-encoder. `offload_during_startup` also keeps the denoiser on the CPU until the caches are built, so startup peaks
-at the largest encoder (T5-XXL) instead of denoiser + encoders + VAE.
+accelerate's CPU-offload hooks (`_hf_hook`) and diffusers' group-offload hooks (`_diffusers_hook`) move weights
+just before a module runs; moving such a component whole onto the GPU would be exactly the peak those options
+avoid. This is the one test for it, used by the LightningModule's device moves and by the validation rounds.
 """
 
 from __future__ import annotations
 
-import logging
-from typing import List
-
-import lightning as L
-
-log = logging.getLogger(__name__)
-
-ENCODERS = ("text_encoder", "text_encoder_2", "vae")
+from torch import nn
 
 
-class ComponentOffload(L.Callback):
-    def __init__(self, offload_denoiser_during_startup: bool):
-        self.startup = offload_denoiser_during_startup
-        self.hooks: List = []
-
-    def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
-        """Runs before Lightning moves the module to its device: mark what places itself, install the hooks."""
-        from accelerate import cpu_offload_with_hook
-
-        device = trainer.strategy.root_device
-        previous = None
-        for name in ENCODERS:
-            component = getattr(pl_module, name, None)
-            if component is None:
-                continue
-            component._places_itself = True
-            component.to("cpu")
-            _, previous = cpu_offload_with_hook(component, execution_device=device, prev_module_hook=previous)
-            self.hooks.append(previous)
-        if self.startup and not getattr(pl_module.denoiser, "_places_itself", False):  # group offload: it already is
-            pl_module.denoiser._places_itself = True
-        else:
-            self.startup = False
-        log.info("model CPU offload: %d components move to %s only while they run%s", len(self.hooks), device,
-                 "; the denoiser joins them when training starts" if self.startup else "")
-
-    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
-        self.release()
-        if self.startup:
-            pl_module.denoiser._places_itself = False
-            pl_module.denoiser.to(trainer.strategy.root_device)
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
-        self.release()  # an encoder that ran for an uncached sample goes back before the denoiser's forward
-
-    def release(self) -> None:
-        for hook in self.hooks:
-            hook.offload()
-
-
-def memory_callbacks(cfg) -> List[L.Callback]:
-    offload = cfg.offload
-    if offload.model_cpu_offload or offload.offload_during_startup:
-        return [ComponentOffload(offload.offload_during_startup)]
-    return []
+def is_self_placing(component: nn.Module) -> bool:
+    return any(hasattr(m, "_hf_hook") or hasattr(m, "_diffusers_hook") for m in component.modules())

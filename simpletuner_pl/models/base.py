@@ -1,112 +1,149 @@
-"""Family-independent LightningModule logic: frozen base, trainable adapter, optimizer, checkpoint contents.
+"""Family-independent LightningModule: frozen base, trainable adapter, optimizer, checkpoint contents, export.
 
-A family module (FluxModule, SDXLModule) supplies `denoiser_name`, `encode_prompts(captions)`,
-`training_loss(batch)` and `save_adapter(directory)` (its pipeline's LoRA format). Checkpoints hold only trainable
-tensors (the base is re-loaded from its source): megabytes for a LoRA, the whole denoiser for `adapter=full`.
+A family subclasses `DiffusionModule`, names its `FamilySpec` and implements the abstract methods: how prompts are
+encoded, the training loss, and its validation/evaluation hooks. Checkpoints hold only trainable tensors (the base
+is re-loaded from its source): megabytes for a LoRA, the whole denoiser for `adapter=full`.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
+from abc import ABC, abstractmethod
+from operator import attrgetter
 from pathlib import Path
-from typing import Dict, Iterable, List
+from typing import ClassVar, Dict, Iterable, List, Optional, Set, Tuple
 
 import lightning as L
 import torch
 
-from simpletuner_pl.adapters.export import KOHYA_FILE, save_full, save_kohya
+from simpletuner_pl.adapters.export import KOHYA_FILE, save_diffusers_lora, save_full, save_kohya
 from simpletuner_pl.adapters.lora import adapter_metadata, adapter_state_dict, attach_lora, resolve_targets
+from simpletuner_pl.config.schema import AdapterConfig, ModelConfig, OptimizerConfig, TrainConfig
+from simpletuner_pl.config.validation import ValidationConfig
+from simpletuner_pl.data.batch import TEXT_KEYS, Batch
+from simpletuner_pl.io import atomic_dir
+from simpletuner_pl.memory.placement import is_self_placing
+from simpletuner_pl.models.family import FamilySpec
+from simpletuner_pl.models.fingerprint import describe
+from simpletuner_pl.optimizers import build_optimizer, set_mode
+
+CLIP_MAX_LENGTH = 77
 
 
-class DiffusionModule(L.LightningModule):
-    denoiser_name = "transformer"
+class DiffusionModule(L.LightningModule, ABC):
+    spec: ClassVar[FamilySpec]
+    weight_probe: ClassVar[str]  # a parameter never stored as integers: its dtype is the compute dtype
 
-    def __init__(self, cfg, components: Dict[str, object]):
+    def __init__(self, components: Dict[str, object], model: ModelConfig, adapter: AdapterConfig,
+                 train: TrainConfig, optimizer: OptimizerConfig, quantised: Optional[Dict[str, str]] = None):
         super().__init__()
-        self.cfg = cfg
+        self.model_cfg, self.adapter_cfg, self.train_cfg, self.optimizer_cfg = model, adapter, train, optimizer
+        self.quantised = dict(quantised or {})  # component → precision it was quantised to
         self.strict_loading = False  # checkpoints carry the adapter only
         self.frozen_names = [n for n, c in components.items() if isinstance(c, torch.nn.Module)]
         for name, component in components.items():
             if isinstance(component, torch.nn.Module):
                 component.requires_grad_(False).eval()
             setattr(self, name, component)
+        self.placed_elsewhere: Set[str] = set()  # components Lightning must not move (offload_during_startup)
         self._text_cache: Dict[str, Dict[str, torch.Tensor]] = {}
-        self.attach_adapter()
+        self.lora_init_state = self.attach_adapter()
         # Lightning keeps each submodule's mode through fit, so the denoiser must be put in train mode here
         # (adapter dropout, bitsandbytes' training path); the frozen encoders stay in eval.
         self.denoiser.train()
 
+    # ---- the family's part -------------------------------------------------------------------------------------
+    @abstractmethod
+    def encode_prompts(self, prompts: List[str]) -> Dict[str, torch.Tensor]:
+        """Text conditioning of each prompt (`prompt_embeds`, `pooled_prompt_embeds`, `attention_mask`)."""
+
+    @abstractmethod
+    def training_loss(self, batch: Batch) -> torch.Tensor: ...
+
+    @abstractmethod
+    def validation_pipeline(self):
+        """The family's diffusers pipeline over this module's own (adapter-carrying) components."""
+
+    @abstractmethod
+    def validation_kwargs(self, validation: ValidationConfig, adapter_strength: float = 1.0) -> Dict[str, object]:
+        """Pipeline arguments for `validation.*` (and a prompt-library entry's adapter strength)."""
+
+    @abstractmethod
+    def preview_latents(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """The pipeline's intermediate latents as a Tiny AutoEncoder decodes them."""
+
+    @abstractmethod
+    def eval_losses(self, batch: Batch, num_timesteps: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(σ grid, loss at each σ) of one batch, deterministic for a seeded RNG."""
+
+    # ---- components --------------------------------------------------------------------------------------------
     @property
     def denoiser(self) -> torch.nn.Module:
-        return getattr(self, self.denoiser_name)
+        return getattr(self, self.spec.denoiser_name)
 
-    def attach_adapter(self) -> None:
-        adapter = self.cfg.adapter
-        if adapter.type == "full":
+    @property
+    def text_encoder_names(self) -> Tuple[str, ...]:
+        return self.spec.text_encoders
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        return attrgetter(self.weight_probe)(self.denoiser).dtype  # not next(parameters()): may be uint8
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def attach_adapter(self):
+        """Make the denoiser trainable: whole (fp32 master weights) or through a PEFT LoRA/DoRA."""
+        if self.adapter_cfg.type == "full":
             # fp32 master weights whatever the load dtype: bf16 weights would round away lr·update-sized steps.
             self.denoiser.to(torch.float32).requires_grad_(True)
-        else:
-            attach_lora(self.denoiser, adapter, resolve_targets(self.denoiser, adapter.target, self.cfg.model.family))
-        from simpletuner_pl.memory.options import configure_training
-
-        configure_training(self.denoiser, self.cfg)  # trainable dtype, checkpointing interval, compile, group offload
+            return None
+        targets = resolve_targets(self.denoiser, self.adapter_cfg.target, self.spec.targets)
+        return attach_lora(self.denoiser, self.adapter_cfg, targets)
 
     def _apply(self, fn, recurse: bool = True):
-        """Lightning's `.to(device)` skips components that place themselves (group offload, model CPU offload):
-        moving them whole onto the GPU is exactly the peak those options avoid."""
-        placed = {n: m for n, m in self._modules.items() if getattr(m, "_places_itself", False)}
+        """Lightning's `.to(device)` skips components that place themselves (group offload, model CPU offload) or
+        wait elsewhere: moving them whole onto the GPU is exactly the peak those options avoid."""
+        placed = {n: m for n, m in self._modules.items()
+                  if m is not None and (n in getattr(self, "placed_elsewhere", ()) or is_self_placing(m))}
         self._modules.update(dict.fromkeys(placed))
         try:
             return super()._apply(fn, recurse)
         finally:
             self._modules.update(placed)
 
-    def on_fit_start(self) -> None:
-        """Caches are built here: the module is on its device by now and the dataloader is not yet created."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if hasattr(datamodule, "build_caches"):
-            datamodule.build_caches(self)
-
     def train(self, mode: bool = True):
         """`module.train()` (e.g. after a validation round) must not turn on dropout in the frozen encoders."""
         super().train(mode)
         for name in self.frozen_names:
-            if name != self.denoiser_name:
+            if name != self.spec.denoiser_name:
                 getattr(self, name).eval()
         return self
 
     def trainable_parameters(self) -> Iterable[torch.nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
-    def training_step(self, batch, batch_idx):
+    # ---- training ----------------------------------------------------------------------------------------------
+    def training_step(self, batch: Batch, batch_idx: int):
         loss = self.training_loss(batch)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=self.cfg.train.batch_size)
-        self.log("lr", self.lr_schedulers().get_last_lr()[0], on_step=True, batch_size=self.cfg.train.batch_size)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=self.train_cfg.batch_size)
+        self.log("lr", self.lr_schedulers().get_last_lr()[0], on_step=True, batch_size=self.train_cfg.batch_size)
         return loss
 
     def configure_optimizers(self):
         from diffusers.optimization import get_scheduler
 
-        from simpletuner_pl.optimizers import build_optimizer
-
-        opt = self.cfg.optimizer
+        opt = self.optimizer_cfg
         optimizer = build_optimizer(self.trainable_parameters(), opt)
-        scheduler = get_scheduler(
-            opt.lr_scheduler, optimizer, num_warmup_steps=opt.warmup_steps,
-            num_training_steps=self.cfg.train.max_steps, power=opt.lr_power,
-        )
+        scheduler = get_scheduler(opt.lr_scheduler, optimizer, num_warmup_steps=opt.warmup_steps,
+                                  num_training_steps=self.train_cfg.max_steps, power=opt.lr_power)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def on_train_batch_start(self, batch, batch_idx) -> None:
-        from simpletuner_pl.optimizers import set_mode
-
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
         set_mode(self.optimizers(), train=True)  # schedule-free optimizers: forward on the training sequence
 
     def optimizer_step(self, *args, **kwargs) -> None:
-        from simpletuner_pl.optimizers import set_mode
-
         super().optimizer_step(*args, **kwargs)
         set_mode(self.optimizers(), train=False)  # between steps the weights are the averaged (exported) ones
 
@@ -114,7 +151,7 @@ class DiffusionModule(L.LightningModule):
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
 
-    # ---- encoding (shared by the families and by the data caches) ------------------------------------------------
+    # ---- encoding (shared by the families and by the data caches) ----------------------------------------------
     @torch.no_grad()
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Pixels in [-1, 1] → one posterior sample, shifted (if the VAE has a shift) and scaled."""
@@ -123,13 +160,23 @@ class DiffusionModule(L.LightningModule):
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         return (latents - shift) * vae.config.scaling_factor
 
+    def latents_of(self, batch: Batch) -> torch.Tensor:
+        """The batch's latents in fp32 (noise and targets in fp32 whatever the VAE dtype), encoded if uncached."""
+        latents = batch["latents"] if "latents" in batch else self.encode_images(batch["pixel_values"])
+        return latents.float()
+
+    def text_of(self, batch: Batch) -> Dict[str, torch.Tensor]:
+        """The batch's cached text conditioning, or its captions encoded (once per distinct caption)."""
+        if "prompt_embeds" in batch:
+            return {k: batch[k] for k in TEXT_KEYS if k in batch}
+        return self.text_conditioning(batch["captions"])
+
     def cache_identity(self) -> Dict[str, str]:
-        """Strings that change whenever the VAE or the text encoders would encode differently (class, config,
-        dtype, quantisation, a fingerprint of the weights); the data caches key their entries on them."""
-        quant = self.cfg.quant
-        text = f"{_describe(self, 'text_encoder', 'text_encoder_2')}|{quant.text_encoder_1_precision}|" \
-               f"{quant.text_encoder_2_precision}|{len(self.tokenizer)}|{len(self.tokenizer_2)}"
-        return {"vae": _describe(self, "vae"), "text": text}
+        """Strings that change whenever the VAE or the text encoders would encode differently; the data caches key
+        their entries on them."""
+        texts = [describe(getattr(self, n), self.quantised.get(n, "no_change")) for n in self.text_encoder_names]
+        tokenizers = [str(len(getattr(self, n))) for n in self.spec.tokenizers]
+        return {"vae": describe(self.vae), "text": "|".join(texts + tokenizers)}
 
     def text_conditioning(self, captions: List[str]) -> Dict[str, torch.Tensor]:
         """Encode each distinct caption once per run (captions repeat every epoch)."""
@@ -140,60 +187,24 @@ class DiffusionModule(L.LightningModule):
                 self._text_cache[caption] = {k: v[i] for k, v in encoded.items()}
         return {k: torch.stack([self._text_cache[c][k] for c in captions]) for k in self._text_cache[captions[0]]}
 
-    # ---- export --------------------------------------------------------------------------------------------------
+    # ---- export ------------------------------------------------------------------------------------------------
     def adapter_state_dict(self) -> Dict[str, torch.Tensor]:
-        return adapter_state_dict(self.denoiser)
+        return adapter_state_dict(self.denoiser, self.lora_init_state)
 
     def write_adapter(self, directory: Path) -> None:
-        """The trained weights in the configured format: a diffusers folder of the denoiser for `adapter=full`,
-        else the family's diffusers LoRA file, plus a Kohya/ComfyUI file with `adapter.export_format=kohya`."""
-        adapter = self.cfg.adapter
-        if adapter.type == "full":
-            save_full(self.denoiser, directory / self.denoiser_name)
+        """The trained weights: a diffusers folder of the denoiser for `adapter=full`, else the family pipeline's
+        LoRA file, plus a Kohya/ComfyUI file with `adapter.export_format=kohya`."""
+        name = self.spec.denoiser_name
+        if self.adapter_cfg.type == "full":
+            save_full(self.denoiser, directory / name)
             return
-        self.save_adapter(directory)
-        if adapter.export_format == "kohya":
-            alpha = adapter_metadata(self.denoiser, adapter)["lora_alpha"]
-            save_kohya(self.adapter_state_dict(), alpha, directory / KOHYA_FILE, prefix=self.denoiser_name)
+        state, metadata = self.adapter_state_dict(), adapter_metadata(self.denoiser, self.lora_init_state)
+        save_diffusers_lora(self.spec.pipeline_cls(), directory, name, state, metadata)
+        if self.adapter_cfg.export_format == "kohya":
+            save_kohya(state, metadata["lora_alpha"], directory / KOHYA_FILE, prefix=name)
 
     def export_adapter(self, directory: str | os.PathLike) -> Path:
         """Write the adapter into `directory` atomically: a crash mid-write never leaves a half file behind."""
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
+        with atomic_dir(directory) as staging:
             self.write_adapter(staging)
-            directory.mkdir(exist_ok=True)
-            for item in list(staging.iterdir()):
-                target = directory / item.name
-                if item.is_dir() and target.is_dir():  # a folder (full fine-tune) cannot replace a non-empty one:
-                    os.replace(target, staging / f".old.{item.name}")  # swap the old one aside, removed below
-                os.replace(item, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return directory
-
-    def training_loss(self, batch) -> torch.Tensor:  # pragma: no cover - implemented by each family
-        raise NotImplementedError
-
-    def save_adapter(self, directory: Path) -> None:  # pragma: no cover - implemented by each family
-        raise NotImplementedError
-
-
-def _describe(module: torch.nn.Module, *names: str) -> str:
-    """Class, dtype, config and a weight fingerprint of each named component."""
-    import hashlib
-    import json
-
-    parts = []
-    for name in names:
-        component = getattr(module, name)
-        config = getattr(component, "config", {})
-        config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-        tensors = [t for t in component.state_dict().values() if torch.is_tensor(t) and t.is_floating_point()]
-        digest = hashlib.sha256()
-        for tensor in tensors[:2] + tensors[-2:]:
-            digest.update(tensor.detach().flatten()[:4096].float().cpu().numpy().tobytes())
-        parts.append(f"{type(component).__name__}:{next(component.parameters()).dtype}:"
-                     f"{json.dumps(config, sort_keys=True, default=str)}:{digest.hexdigest()}")
-    return "|".join(parts)
+        return Path(directory)

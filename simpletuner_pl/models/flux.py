@@ -7,31 +7,26 @@ FluxPipeline helpers, so training sees exactly the token layout inference uses.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from simpletuner_pl.adapters.lora import adapter_metadata
-from simpletuner_pl.models.base import DiffusionModule
-from simpletuner_pl.schedules import sample_sigmas
-
-CLIP_MAX_LENGTH = 77
+from simpletuner_pl.config.validation import ValidationConfig
+from simpletuner_pl.data.batch import Batch
+from simpletuner_pl.models.base import CLIP_MAX_LENGTH, DiffusionModule
+from simpletuner_pl.models.flux_spec import FLUX
+from simpletuner_pl.schedules import flux_mu, sample_sigmas
 
 
 class FluxModule(DiffusionModule):
-    denoiser_name = "transformer"
+    spec = FLUX
+    weight_probe = "x_embedder.weight"  # kept in high precision by every quantisation level
 
-    def __init__(self, cfg, components: Dict[str, object]):
-        super().__init__(cfg, components)
+    def __init__(self, components: Dict[str, object], *args, **kwargs):
+        super().__init__(components, *args, **kwargs)
         self.scheduler_config = dict(components["scheduler"].config)
-        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @property
-    def weight_dtype(self) -> torch.dtype:
-        # Not next(parameters()): quantised layers may store uint8 weights.
-        return self.transformer.x_embedder.weight.dtype
 
     # ---- conditioning -------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -41,7 +36,7 @@ class FluxModule(DiffusionModule):
         clip = self.tokenizer(prompts, padding="max_length", max_length=CLIP_MAX_LENGTH, truncation=True,
                               return_tensors="pt")
         pooled = self.text_encoder(clip.input_ids.to(device), output_hidden_states=False).pooler_output
-        t5 = self.tokenizer_2(prompts, padding="max_length", max_length=self.cfg.model.t5_max_length,
+        t5 = self.tokenizer_2(prompts, padding="max_length", max_length=self.model_cfg.t5_max_length,
                               truncation=True, return_tensors="pt")
         embeds = self.text_encoder_2(t5.input_ids.to(device), output_hidden_states=False)[0]
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "attention_mask": t5.attention_mask.to(device)}
@@ -57,19 +52,15 @@ class FluxModule(DiffusionModule):
         img_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, device, dtype)
         txt_ids = torch.zeros(text["prompt_embeds"].shape[1], 3, device=device, dtype=dtype)
         if guidance is None and self.transformer.config.guidance_embeds:
-            guidance = torch.full((b,), self.cfg.model.guidance_value, device=device, dtype=torch.float32)
+            guidance = torch.full((b,), self.model_cfg.guidance_value, device=device, dtype=torch.float32)
         out = self.transformer(
-            hidden_states=packed,
-            timestep=sigmas.to(dtype),
-            guidance=guidance,
+            hidden_states=packed, timestep=sigmas.to(dtype), guidance=guidance,
             pooled_projections=text["pooled_prompt_embeds"].to(dtype),
-            encoder_hidden_states=text["prompt_embeds"].to(dtype),
-            txt_ids=txt_ids,
-            img_ids=img_ids,
+            encoder_hidden_states=text["prompt_embeds"].to(dtype), txt_ids=txt_ids, img_ids=img_ids,
             return_dict=False,
         )[0]
-        return FluxPipeline._unpack_latents(out, h * self.vae_scale_factor, w * self.vae_scale_factor,
-                                            self.vae_scale_factor)
+        scale = self.vae_scale_factor
+        return FluxPipeline._unpack_latents(out, h * scale, w * scale, scale)
 
     def flow_matching_loss(self, latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor,
                            text: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -78,31 +69,27 @@ class FluxModule(DiffusionModule):
         prediction = self.predict_velocity(noisy, sigmas, text)
         return F.mse_loss(prediction.float(), (noise - latents).float())
 
-    def training_loss(self, batch) -> torch.Tensor:
-        latents = batch["latents"] if "latents" in batch else self.encode_images(batch["pixel_values"])
-        latents = latents.float()  # noise and target in fp32 whatever the VAE dtype
-        text = batch if "prompt_embeds" in batch else self.text_conditioning(batch["captions"])
+    def training_loss(self, batch: Batch) -> torch.Tensor:
+        latents, text = self.latents_of(batch), self.text_of(batch)
         b, _, h, w = latents.shape
-        sigmas = sample_sigmas(b, self.cfg.train, (h // 2) * (w // 2), self.scheduler_config, latents.device)
+        sigmas = sample_sigmas(b, self.train_cfg, (h // 2) * (w // 2), self.scheduler_config, latents.device)
         return self.flow_matching_loss(latents, torch.randn_like(latents), sigmas, text)
 
-    # ---- validation / evaluation interface (simpletuner_pl.callbacks) --------------------------------------------
-    preview_decoder = "madebyollin/taef1"  # Tiny AutoEncoder for validation previews
-
+    # ---- validation / evaluation ----------------------------------------------------------------------------------
     def validation_pipeline(self):
         """FluxPipeline over this module's own (adapter-carrying) components: no weight copies; fresh scheduler."""
-        from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+        from diffusers import FlowMatchEulerDiscreteScheduler
 
-        return FluxPipeline(
+        return self.spec.pipeline_cls()(
             transformer=self.transformer, vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
             text_encoder_2=self.text_encoder_2, tokenizer_2=self.tokenizer_2,
             scheduler=FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config),
         )
 
-    def validation_kwargs(self, validation, adapter_strength: float = 1.0) -> Dict[str, object]:
-        """Pipeline arguments of `validation.*`: embedded guidance, true CFG with the negative prompt when
-        guidance_real > 1, and the LoRA scale of a prompt-library entry."""
-        kwargs = dict(guidance_scale=validation.guidance, max_sequence_length=self.cfg.model.t5_max_length)
+    def validation_kwargs(self, validation: ValidationConfig, adapter_strength: float = 1.0) -> Dict[str, object]:
+        """Embedded guidance, true CFG with the negative prompt when guidance_real > 1, and the LoRA scale of a
+        prompt-library entry."""
+        kwargs = dict(guidance_scale=validation.guidance, max_sequence_length=self.model_cfg.t5_max_length)
         if validation.guidance_real > 1:
             kwargs.update(true_cfg_scale=validation.guidance_real, negative_prompt=validation.negative_prompt)
         if adapter_strength != 1.0:
@@ -116,32 +103,17 @@ class FluxModule(DiffusionModule):
         latents = FluxPipeline._unpack_latents(latents, height, width, self.vae_scale_factor)
         return latents / self.vae.config.scaling_factor + (getattr(self.vae.config, "shift_factor", None) or 0.0)
 
-    def eval_losses(self, batch, num_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(σ grid, loss at each σ): the inference schedule at this resolution (dynamic shift μ), one noise draw
-        shared by every σ. The caller seeds the RNG, so the VAE sample and the noise are the same every time."""
-        import numpy as np
+    @torch.no_grad()
+    def eval_losses(self, batch: Batch, num_timesteps: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The inference schedule at this resolution (dynamic shift μ), one noise draw shared by every σ."""
         from diffusers import FlowMatchEulerDiscreteScheduler
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
-        latents = (batch["latents"] if "latents" in batch else self.encode_images(batch["pixel_values"])).float()
-        text = batch if "prompt_embeds" in batch else self.text_conditioning(batch["captions"])
+        latents, text = self.latents_of(batch), self.text_of(batch)
         noise = torch.randn_like(latents)
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
-        c = scheduler.config
-        mu = calculate_shift((latents.shape[2] // 2) * (latents.shape[3] // 2), c.get("base_image_seq_len", 256),
-                             c.get("max_image_seq_len", 4096), c.get("base_shift", 0.5), c.get("max_shift", 1.15))
+        mu = flux_mu((latents.shape[2] // 2) * (latents.shape[3] // 2), scheduler.config)
         scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / num_timesteps, num_timesteps), mu=mu,
                                 device=latents.device)
         sigmas = scheduler.sigmas[:-1]  # the trailing 0 is the clean image
         losses = [self.flow_matching_loss(latents, noise, s.expand(len(latents)), text) for s in sigmas]
         return sigmas.float().cpu(), torch.stack(losses).float().cpu()
-
-    # ---- export --------------------------------------------------------------------------------------------------
-    def save_adapter(self, directory: Path) -> None:
-        from diffusers import FluxPipeline
-
-        FluxPipeline.save_lora_weights(
-            directory,
-            transformer_lora_layers=self.adapter_state_dict(),
-            transformer_lora_adapter_metadata=adapter_metadata(self.transformer, self.cfg.adapter),
-        )

@@ -1,56 +1,43 @@
-"""Where SDXL's weights come from: a pipeline folder or hub repo, with UNet and VAE overrides.
+"""StableDiffusionXLPipeline's components from a folder or hub id, with UNet and VAE overrides.
 
-The default VAE override is `madebyollin/sdxl-vae-fp16-fix` (SimpleTuner's and the quickstart's choice): SDXL's own
-VAE overflows in fp16. `check_model_sources` (loading.py) validates these sources before any weight is read.
+The training scheduler is read as DDPM: the pipeline folder usually stores an Euler (inference) scheduler config,
+and `DDPMScheduler.from_pretrained` reads its betas and timestep count, which is all the noise schedule needs.
 """
 
 from __future__ import annotations
 
-from typing import List
+from typing import Dict, Optional
 
 import torch
 
-from simpletuner_pl.models.loading import Source, cast_modules, component_source, subfolder
-
-BASE_KEY = "model.pretrained_model_name_or_path"
-VAE_KEY = "model.pretrained_vae_model_name_or_path (null = the base model's own vae/)"
-UNET_KEY = "model.pretrained_unet_model_name_or_path (null = the base model's unet/)"
-
-
-def sdxl_sources(model_cfg) -> List[Source]:
-    base = model_cfg.pretrained_model_name_or_path
-    sources = [Source("text encoders, tokenizers and scheduler", base, None, "model_index.json", BASE_KEY)]
-    if model_cfg.pretrained_unet_model_name_or_path:
-        sources.append(Source("UNet", model_cfg.pretrained_unet_model_name_or_path,
-                              subfolder(model_cfg.pretrained_unet_subfolder), "config.json", UNET_KEY))
-    if model_cfg.pretrained_vae_model_name_or_path:
-        sources.append(Source("VAE", model_cfg.pretrained_vae_model_name_or_path,
-                              subfolder(model_cfg.pretrained_vae_subfolder), "config.json", VAE_KEY))
-    return sources
+from simpletuner_pl.config.schema import ModelConfig
+from simpletuner_pl.models.sdxl_spec import unet_source
+from simpletuner_pl.models.tiny import cast_modules
+from simpletuner_pl.sources import component_source
 
 
-def load_sdxl_components(model_cfg, dtype: torch.dtype) -> dict:
-    """StableDiffusionXLPipeline's components at `dtype`, with the training scheduler read as DDPM.
-
-    The pipeline folder usually stores an Euler (inference) scheduler config; `DDPMScheduler.from_pretrained` reads
-    its betas and timestep count, which is all the training noise schedule needs."""
+def load_components(model: ModelConfig, dtype: torch.dtype,
+                    denoiser: Optional[torch.nn.Module] = None) -> Dict[str, object]:
+    """UNet, VAE, both CLIPs, tokenizers and the DDPM scheduler at `dtype`; a `denoiser` already loaded
+    (quantised while streaming) is used instead of reading the UNet."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    if model_cfg.flavour == "tiny" and not model_cfg.pretrained_model_name_or_path:
+    if model.is_builtin_tiny:
         from simpletuner_pl.models.tiny_sdxl import build_tiny_sdxl_components
 
         components = build_tiny_sdxl_components()
         components["scheduler"] = DDPMScheduler.from_config(components["scheduler"].config)
-        return cast_modules(components, ("unet", "vae", "text_encoder", "text_encoder_2"), dtype)
+        return cast_modules(components, dtype)
 
-    base, rev = model_cfg.pretrained_model_name_or_path, model_cfg.revision
-    unet_path, unet_sub = component_source(base, model_cfg.pretrained_unet_model_name_or_path,
-                                           model_cfg.pretrained_unet_subfolder, "unet")
-    vae_path, vae_sub = component_source(base, model_cfg.pretrained_vae_model_name_or_path,
-                                         model_cfg.pretrained_vae_subfolder, "vae")
+    base, rev = model.pretrained_model_name_or_path, model.revision
+    if denoiser is None:
+        location, sub = unet_source(model)
+        denoiser = UNet2DConditionModel.from_pretrained(location, subfolder=sub, revision=rev, dtype=dtype)
+    vae_path, vae_sub = component_source(base, model.pretrained_vae_model_name_or_path, model.pretrained_vae_subfolder,
+                                         "vae")
     return dict(
-        unet=UNet2DConditionModel.from_pretrained(unet_path, subfolder=unet_sub, revision=rev, dtype=dtype),
+        unet=denoiser,
         vae=AutoencoderKL.from_pretrained(vae_path, subfolder=vae_sub, revision=rev, dtype=dtype),
         text_encoder=CLIPTextModel.from_pretrained(base, subfolder="text_encoder", revision=rev, dtype=dtype),
         text_encoder_2=CLIPTextModelWithProjection.from_pretrained(base, subfolder="text_encoder_2", revision=rev,

@@ -9,22 +9,30 @@ embeddings, and, as in SimpleTuner, zero time ids. The math of the objectives li
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from simpletuner_pl.adapters.lora import adapter_metadata
+from simpletuner_pl.config.validation import ValidationConfig
+from simpletuner_pl.data.batch import TIME_ID_KEYS, Batch
 from simpletuner_pl.errors import ConfigError
-from simpletuner_pl.losses import (PREDICTION_TYPES, clamp_to_schedule, ddpm_target, flow_coefficients,
-                                   min_snr_weights, offset_noise, prediction_to_flow, sample_timesteps,
-                                   schedule_sigmas, sigma_to_timestep, weighted_mse)
-from simpletuner_pl.models.base import DiffusionModule
+from simpletuner_pl.losses import (
+    PREDICTION_TYPES,
+    clamp_to_schedule,
+    ddpm_target,
+    flow_coefficients,
+    min_snr_weights,
+    offset_noise,
+    prediction_to_flow,
+    sample_timesteps,
+    schedule_sigmas,
+    sigma_to_timestep,
+    weighted_mse,
+)
+from simpletuner_pl.models.base import CLIP_MAX_LENGTH, DiffusionModule
+from simpletuner_pl.models.sdxl_spec import SDXL
 from simpletuner_pl.schedules import sample_sigmas
-
-CLIP_MAX_LENGTH = 77
-TIME_ID_KEYS = ("original_size", "crop_top_left", "target_size")
 
 
 def clip_context(text: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -38,19 +46,15 @@ def clip_context(text: Dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 class SDXLModule(DiffusionModule):
-    denoiser_name = "unet"
+    spec = SDXL
+    weight_probe = "conv_in.weight"  # reports the compute dtype under every quantisation level
 
-    def __init__(self, cfg, components: Dict[str, object]):
-        super().__init__(cfg, components)
-        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.prediction_type = cfg.model.prediction_type or self.scheduler.config.prediction_type
+    def __init__(self, components: Dict[str, object], *args, **kwargs):
+        super().__init__(components, *args, **kwargs)
+        self.prediction_type = self.model_cfg.prediction_type or self.scheduler.config.prediction_type
         if self.prediction_type not in PREDICTION_TYPES:
             raise ConfigError(f"the scheduler config predicts {self.prediction_type!r}; training supports "
                               f"{', '.join(PREDICTION_TYPES)}: set model.prediction_type")
-
-    @property
-    def weight_dtype(self) -> torch.dtype:
-        return self.unet.conv_in.weight.dtype  # conv_in is never quantised to integer storage
 
     # ---- conditioning -------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -66,7 +70,7 @@ class SDXLModule(DiffusionModule):
         return {"prompt_embeds": torch.cat(hidden, dim=-1), "pooled_prompt_embeds": out[0],
                 "attention_mask": torch.ones(ids.shape, dtype=torch.long, device=ids.device)}
 
-    def time_ids(self, batch: dict, latents: torch.Tensor) -> torch.Tensor:
+    def time_ids(self, batch: Batch, latents: torch.Tensor) -> torch.Tensor:
         """[B, 6] = (orig h, orig w, crop top, crop left, target h, target w); without the data pipeline's record,
         the uncropped batch size: ((H, W), (0, 0), (H, W))."""
         b, _, h, w = latents.shape
@@ -76,7 +80,7 @@ class SDXLModule(DiffusionModule):
                  for k in TIME_ID_KEYS]
         return torch.cat([p.reshape(b, 2) for p in parts], dim=1).to(latents.device, torch.float32)
 
-    def dropped(self, batch: dict, b: int, device: torch.device) -> Optional[torch.Tensor]:
+    def dropped(self, batch: Batch, b: int, device: torch.device) -> Optional[torch.Tensor]:
         """Per-sample bool: conditioning dropped (the batch's `drop_conditioning`, else an empty caption)."""
         if batch.get("drop_conditioning") is not None:
             return torch.as_tensor(batch["drop_conditioning"], dtype=torch.bool, device=device).reshape(b)
@@ -84,8 +88,8 @@ class SDXLModule(DiffusionModule):
             return torch.tensor([c == "" for c in batch["captions"]], dtype=torch.bool, device=device)
         return None
 
-    def conditioning(self, batch: dict, latents: torch.Tensor) -> Dict[str, torch.Tensor]:
-        text = batch if "prompt_embeds" in batch else self.text_conditioning(batch["captions"])
+    def conditioning(self, batch: Batch, latents: torch.Tensor) -> Dict[str, torch.Tensor]:
+        text = self.text_of(batch)
         cond = {"prompt_embeds": clip_context(text), "pooled_prompt_embeds": text["pooled_prompt_embeds"],
                 "time_ids": self.time_ids(batch, latents)}
         drop = self.dropped(batch, latents.shape[0], latents.device)
@@ -105,7 +109,7 @@ class SDXLModule(DiffusionModule):
         """MSE to ε or v at x_t = scheduler.add_noise(x0, ε, t), min-SNR weighted when `train.snr_gamma` is set."""
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
         target = ddpm_target(self.scheduler, latents, noise, timesteps, self.prediction_type)
-        gamma = self.cfg.train.snr_gamma if weighted else None
+        gamma = self.train_cfg.snr_gamma if weighted else None
         weights = None if gamma is None else min_snr_weights(self.scheduler, timesteps, gamma, self.prediction_type)
         return weighted_mse(self.predict(noisy, timesteps, cond), target, weights)
 
@@ -120,11 +124,10 @@ class SDXLModule(DiffusionModule):
         velocity = prediction_to_flow(prediction.float(), noisy, a, s, self.prediction_type)
         return F.mse_loss(velocity, noise - latents)
 
-    def training_loss(self, batch) -> torch.Tensor:
-        latents = batch["latents"] if "latents" in batch else self.encode_images(batch["pixel_values"])
-        latents = latents.float()  # noise and targets in fp32 whatever the VAE dtype
+    def training_loss(self, batch: Batch) -> torch.Tensor:
+        latents = self.latents_of(batch)
         cond = self.conditioning(batch, latents)
-        train = self.cfg.train
+        train = self.train_cfg
         noise = offset_noise(torch.randn_like(latents), train.noise_offset, train.noise_offset_probability)
         b, _, h, w = latents.shape
         if train.diff2flow:
@@ -133,21 +136,19 @@ class SDXLModule(DiffusionModule):
         timesteps = sample_timesteps(b, self.scheduler.config.num_train_timesteps, latents.device)
         return self.ddpm_loss(latents, noise, timesteps, cond)
 
-    # ---- validation / evaluation interface (simpletuner_pl.callbacks) --------------------------------------------
-    preview_decoder = "madebyollin/taesdxl"  # Tiny AutoEncoder for validation previews
-
+    # ---- validation / evaluation ----------------------------------------------------------------------------------
     def validation_pipeline(self):
         """StableDiffusionXLPipeline over this module's own (adapter-carrying) components, sampling with DDIM and
         trailing timestep spacing as SimpleTuner validates SDXL."""
-        from diffusers import DDIMScheduler, StableDiffusionXLPipeline
+        from diffusers import DDIMScheduler
 
         scheduler = DDIMScheduler.from_config(self.scheduler.config, timestep_spacing="trailing",
                                               prediction_type=self.prediction_type)
-        return StableDiffusionXLPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+        return self.spec.pipeline_cls()(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
                                          text_encoder_2=self.text_encoder_2, tokenizer_2=self.tokenizer_2,
                                          unet=self.unet, scheduler=scheduler, force_zeros_for_empty_prompt=True)
 
-    def validation_kwargs(self, validation, adapter_strength: float = 1.0) -> Dict[str, object]:
+    def validation_kwargs(self, validation: ValidationConfig, adapter_strength: float = 1.0) -> Dict[str, object]:
         """Classifier-free guidance at `validation.guidance` with the negative prompt; the LoRA scale of a
         prompt-library entry."""
         kwargs: Dict[str, object] = dict(guidance_scale=validation.guidance)
@@ -162,28 +163,18 @@ class SDXLModule(DiffusionModule):
         return latents
 
     @torch.no_grad()
-    def eval_losses(self, batch, num_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def eval_losses(self, batch: Batch, num_timesteps: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """(σ grid, loss at each σ): evenly spaced DDPM timesteps from pure noise down, reported as their
         flow-equivalent σ(t) ∈ (0, 1); one noise draw shared by every step and no SNR weighting (a stable MSE).
         With `train.diff2flow` the loss is the flow objective at those σ."""
-        latents = (batch["latents"] if "latents" in batch else self.encode_images(batch["pixel_values"])).float()
+        latents = self.latents_of(batch)
         cond, noise, b = self.conditioning(batch, latents), torch.randn_like(latents), latents.shape[0]
         steps = self.scheduler.config.num_train_timesteps
         timesteps = torch.linspace(steps - 1, 0, num_timesteps).round().long()
         sigmas = schedule_sigmas(self.scheduler.alphas_cumprod)[timesteps].float()
-        if self.cfg.train.diff2flow:
+        if self.train_cfg.diff2flow:
             losses = [self.diff2flow_loss(latents, noise, s.expand(b), cond) for s in sigmas.to(latents.device)]
         else:
             losses = [self.ddpm_loss(latents, noise, t.expand(b).to(latents.device), cond, weighted=False)
                       for t in timesteps]
         return sigmas.cpu(), torch.stack(losses).float().cpu()
-
-    # ---- export --------------------------------------------------------------------------------------------------
-    def save_adapter(self, directory: Path) -> None:
-        from diffusers import StableDiffusionXLPipeline
-
-        StableDiffusionXLPipeline.save_lora_weights(
-            directory,
-            unet_lora_layers=self.adapter_state_dict(),
-            unet_lora_adapter_metadata=adapter_metadata(self.unet, self.cfg.adapter),
-        )

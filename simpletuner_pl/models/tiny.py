@@ -1,146 +1,42 @@
-"""Tiny random-init Flux pipeline, for tests, CI and docs.
+"""What the tiny random-init pipelines share: the vendored tokenizers, a tiny CLIP text config, the dtype cast.
 
-Real Flux checkpoints are tens of GB and need the Hugging Face hub. These
-components have the same architecture classes and the same plumbing (two text
-encoders, a 16-channel VAE with 8x downsampling, 2x2 latent packing, dynamic
-shift), but they have about 0.3M parameters in total. They build in well under
-a second on CPU and need no network. The tokenizers come from
-``simpletuner_pl/assets/tiny_tokenizers`` (see
-``experiments/make_tiny_tokenizers.py``).
-
-diffusers/transformers are imported inside the functions, so importing this
-module stays cheap.
+The tokenizers come from `simpletuner_pl/assets/tiny_tokenizers` (built by `experiments/make_tiny_tokenizers.py`):
+a 2,000-merge prefix of CLIP's BPE and a small T5 unigram vocabulary, so the tiny models need no network.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Dict
 
-if TYPE_CHECKING:
-    from diffusers import FluxPipeline
-
-ASSETS_DIR: Path = Path(__file__).resolve().parent.parent / "assets"
-"""Package data folder. Ships inside the wheel, so it also works from an installed package."""
-
-TINY_TOKENIZER_DIR: Path = ASSETS_DIR / "tiny_tokenizers"
-
-TINY_FLUX_TRANSFORMER: dict[str, Any] = dict(
-    patch_size=1,
-    in_channels=64,  # 16 VAE latent channels x 2x2 packing
-    out_channels=None,
-    num_layers=1,
-    num_single_layers=1,
-    attention_head_dim=16,
-    num_attention_heads=2,
-    joint_attention_dim=32,  # == T5 d_model
-    pooled_projection_dim=32,  # == CLIP projection_dim
-    guidance_embeds=True,  # like Flux-dev
-    axes_dims_rope=(4, 6, 6),  # must sum to attention_head_dim
-)
-"""``FluxTransformer2DModel`` kwargs for the tiny model; override them per call."""
+from simpletuner_pl.paths import TINY_TOKENIZER_DIR
 
 
 def load_tiny_tokenizers() -> tuple[Any, Any]:
-    """Return ``(clip_tokenizer, t5_tokenizer)`` from the vendored asset folders (offline)."""
+    """`(clip_tokenizer, t5_tokenizer)` from the vendored asset folders (offline)."""
     from transformers import CLIPTokenizer, T5TokenizerFast
 
-    clip = CLIPTokenizer.from_pretrained(TINY_TOKENIZER_DIR / "clip")
-    t5 = T5TokenizerFast.from_pretrained(TINY_TOKENIZER_DIR / "t5")
-    return clip, t5
+    return CLIPTokenizer.from_pretrained(TINY_TOKENIZER_DIR / "clip"), T5TokenizerFast.from_pretrained(
+        TINY_TOKENIZER_DIR / "t5")
 
 
-def build_tiny_flux_components(seed: int = 0, **transformer_overrides: Any) -> dict[str, Any]:
-    """Build random-init ``FluxPipeline`` constructor kwargs.
+def clip_config(vocab_size: int, hidden_size: int):
+    """A 2-layer CLIP text config (SDXL reads hidden_states[-2], so at least two layers)."""
+    from transformers import CLIPTextConfig
 
-    Weights depend only on ``seed`` (and the overrides). The global torch RNG is
-    forked, so callers' random streams are unchanged.
-    """
+    return CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=37, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, projection_dim=hidden_size, hidden_act="quick_gelu",
+        # The pooled output is read at the eos position, so eos must be the real <|endoftext|> id.
+        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+    )
+
+
+def cast_modules(components: Dict[str, Any], dtype) -> Dict[str, Any]:
+    """Random-init tiny components are built in fp32; cast the weighted ones to the run's dtype."""
     import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    tokenizer, tokenizer_2 = load_tiny_tokenizers()
-    v = len(tokenizer)
-    clip_cfg = CLIPTextConfig(
-        vocab_size=v,
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        projection_dim=32,
-        hidden_act="quick_gelu",
-        # Pooled output is read at the eos position, so eos must be the real <|endoftext|> id.
-        bos_token_id=v - 2,
-        eos_token_id=v - 1,
-        pad_token_id=v - 1,
-    )
-    t5_cfg = T5Config(
-        vocab_size=len(tokenizer_2),
-        d_model=32,
-        d_kv=8,
-        d_ff=37,
-        num_layers=1,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        relative_attention_max_distance=16,
-        feed_forward_proj="gated-gelu",
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        text_encoder = CLIPTextModel(clip_cfg)
-        text_encoder_2 = T5EncoderModel(t5_cfg)
-        transformer = FluxTransformer2DModel(**{**TINY_FLUX_TRANSFORMER, **transformer_overrides})
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            latent_channels=16,
-            block_out_channels=(8, 8, 16, 16),  # 4 blocks -> vae_scale_factor 8, like real Flux
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=1,
-            norm_num_groups=4,
-            sample_size=64,
-            use_quant_conv=False,
-            use_post_quant_conv=False,
-            shift_factor=0.1159,
-            scaling_factor=0.3611,
-        )
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        shift=3.0,
-        use_dynamic_shifting=True,
-        base_shift=0.5,
-        max_shift=1.15,
-        base_image_seq_len=256,
-        max_image_seq_len=4096,
-    )
-    return dict(
-        transformer=transformer,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        text_encoder_2=text_encoder_2,
-        tokenizer_2=tokenizer_2,
-        scheduler=scheduler,
-    )
-
-
-def build_tiny_flux_pipeline(seed: int = 0, **transformer_overrides: Any) -> FluxPipeline:
-    """Return a ready ``FluxPipeline`` (CPU, float32) made of tiny random-init components."""
-    from diffusers import FluxPipeline
-
-    return FluxPipeline(**build_tiny_flux_components(seed, **transformer_overrides))
-
-
-def save_tiny_flux_pipeline(directory: str | Path, seed: int = 0, **transformer_overrides: Any) -> Path:
-    """Save a tiny pipeline as a diffusers folder, loadable by ``FluxPipeline.from_pretrained``.
-
-    This stands in for a real ``black-forest-labs/FLUX.1-dev`` download wherever a model path is needed.
-    """
-    directory = Path(directory)
-    build_tiny_flux_pipeline(seed, **transformer_overrides).save_pretrained(directory, safe_serialization=True)
-    return directory
+    if dtype != torch.float32:
+        for component in components.values():
+            if isinstance(component, torch.nn.Module):
+                component.to(dtype)
+    return components

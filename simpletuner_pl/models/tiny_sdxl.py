@@ -2,7 +2,7 @@
 
 Same classes and plumbing as `stabilityai/stable-diffusion-xl-base-1.0` (CLIP-L + CLIP-G with projection, penultimate
 hidden states, text_time added conditioning, a 4-channel VAE with 8x downsampling, the Euler scheduler config SDXL
-ships), at about 1.3M parameters. The tokenizer is the vendored tiny CLIP one (`simpletuner_pl.models.tiny`).
+ships), at about 1.3M parameters, with the shared tiny CLIP encoders and tokenizer (`simpletuner_pl.models.tiny`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from simpletuner_pl.models.tiny import load_tiny_tokenizers
+from simpletuner_pl.models.tiny import clip_config, load_tiny_tokenizers
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionXLPipeline
@@ -38,18 +38,6 @@ TINY_SDXL_UNET: dict[str, Any] = dict(
 """`UNet2DConditionModel` kwargs of the tiny model; override them per call."""
 
 
-def _clip_config(vocab_size: int):
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=TEXT_DIM, intermediate_size=37,
-        num_hidden_layers=2, num_attention_heads=4,  # >= 2 layers: SDXL reads hidden_states[-2]
-        max_position_embeddings=77, projection_dim=TEXT_DIM, hidden_act="quick_gelu",
-        # The pooled output is read at the eos position, so eos must be the real <|endoftext|> id.
-        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
-    )
-
-
 def build_tiny_sdxl_components(seed: int = 0, **unet_overrides: Any) -> dict[str, Any]:
     """`StableDiffusionXLPipeline` constructor kwargs; weights depend only on `seed` (the global RNG is untouched)."""
     import torch
@@ -57,7 +45,7 @@ def build_tiny_sdxl_components(seed: int = 0, **unet_overrides: Any) -> dict[str
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer, _ = load_tiny_tokenizers()
-    clip_cfg = _clip_config(len(tokenizer))
+    clip_cfg = clip_config(len(tokenizer), hidden_size=TEXT_DIM)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         text_encoder = CLIPTextModel(clip_cfg)

@@ -1,37 +1,47 @@
-"""Quantised base models: `quant.base_model_precision` and `quant.text_encoder_{1,2}_precision`.
+"""Quantised base models: `quant.base_model_precision` and `quant.text_encoder_{1,2}_precision`, one entry point.
 
-Backends: optimum-quanto (`int8|int4|int2|fp8-quanto`), bitsandbytes NF4 (`nf4-bnb`: diffusers'
-BitsAndBytesConfig while loading on a CUDA GPU, the same Linear4bit layers swapped in by hand elsewhere) and torchao
-NF4 (`nf4-torchao`, which also compiles). Only Linear (and, for quanto, Conv2d) weights are quantised; norms and
-embeddings keep their dtype, and so do the Flux modules SimpleTuner keeps in high precision (`KEEP`).
+Backends (`simpletuner_pl.config.registries.PRECISIONS`): optimum-quanto (`int8|int4|int2|fp8-quanto`),
+bitsandbytes NF4 (`nf4-bnb`: diffusers' BitsAndBytesConfig while loading on a CUDA GPU, the same Linear4bit layers
+swapped in by hand elsewhere) and torchao NF4 (`nf4-torchao`, which also compiles). Only Linear (and, for quanto,
+Conv2d) weights are quantised; norms and embeddings keep their dtype, and so do the modules the family keeps in
+high precision. A denoiser read from a folder is streamed block by block (Flux and SDXL alike): peak RAM is its
+quantised size plus one float block, never a full-precision copy.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
-from typing import Dict, Optional
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
 
+from simpletuner_pl.config.registries import PRECISIONS
+from simpletuner_pl.config.schema import QuantConfig
 from simpletuner_pl.quantization.backends import converter
 from simpletuner_pl.quantization.streaming import iter_units, quantize_in_place, read_tensors, stream_load, weight_index
+from simpletuner_pl.sources import local_folder
 
 log = logging.getLogger(__name__)
 
-# Input/output projections and the final norm are tiny and sensitive; SimpleTuner keeps them in high precision too.
-KEEP: Dict[str, tuple] = {"flux": ("x_embedder", "context_embedder", "norm_out", "proj_out"), "sdxl": ()}
-TEXT_ENCODERS = {"text_encoder": "text_encoder_1_precision", "text_encoder_2": "text_encoder_2_precision"}
+
+@dataclass(frozen=True)
+class Denoiser:
+    """The family's denoiser as quantisation sees it."""
+
+    name: str  # its component name ("transformer", "unet")
+    model_class: Callable[[], type]  # the diffusers class, imported on demand
+    location: Optional[str]  # folder or hub id; None: built in code (tiny models), quantised in place
+    subfolder: Optional[str]
+    revision: Optional[str]
+    keep: Tuple[str, ...] = ()  # top-level children kept in high precision
 
 
-def quantization_device(cfg) -> torch.device:
-    """`quantize_via=accelerator` quantises on this process's GPU (faster, needs the VRAM); `cpu` on the CPU."""
-    if cfg.quant.quantize_via == "accelerator" and torch.cuda.is_available() \
-            and cfg.trainer.accelerator in ("auto", "gpu", "cuda"):
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
+def quantization_device(quant: QuantConfig, training_device: torch.device) -> torch.device:
+    """`quantize_via=accelerator` quantises on the training GPU (faster, needs the VRAM); `cpu` in system RAM."""
+    return training_device if quant.quantize_via == "accelerator" and training_device.type == "cuda" \
+        else torch.device("cpu")
 
 
 def quantize_model(model: nn.Module, precision: str, keep=(), device: Optional[torch.device] = None) -> int:
@@ -39,47 +49,54 @@ def quantize_model(model: nn.Module, precision: str, keep=(), device: Optional[t
     if precision == "no_change":
         return 0
     count = quantize_in_place(model, converter(precision), keep, device)
-    mark(model, precision)
+    flag_4bit(model, precision)
     log.info("%s: %d layers quantised to %s", type(model).__name__, count, precision)
     return count
 
 
-def mark(model: nn.Module, precision: str) -> None:
-    model.base_model_precision = precision
-    if precision == "nf4-bnb":
-        model.is_loaded_in_4bit = True  # PEFT then wraps Linear4bit with its bnb-aware LoRA layer
+def flag_4bit(model: nn.Module, precision: str) -> None:
+    """PEFT wraps bitsandbytes Linear4bit layers with its bnb-aware LoRA layer only when the model says so."""
+    if PRECISIONS[precision].backend == "bnb":
+        model.is_loaded_in_4bit = True
 
 
-def is_quantized(model: nn.Module, precision: str) -> bool:
-    return getattr(model, "base_model_precision", "no_change") == precision
+def load_quantized(load: Callable[[Optional[nn.Module]], Dict[str, object]], denoiser: Denoiser, quant: QuantConfig,
+                   dtype: torch.dtype, training_device: torch.device) -> Tuple[Dict[str, object], Dict[str, str]]:
+    """The family's components from `load(denoiser or None)`, quantised as `quant` says; and what was quantised
+    (component → precision). A denoiser with a folder is streamed and handed to `load`; otherwise it and the text
+    encoders are quantised in place after loading."""
+    precision, device = quant.base_model_precision, quantization_device(quant, training_device)
+    streamed = None
+    if precision != "no_change" and denoiser.location is not None:
+        streamed = load_denoiser(denoiser, precision, dtype, device, quant.cache_dir)
+    components = load(streamed)
+    done = {denoiser.name: precision} if streamed is not None else {}
+    if streamed is None and quantize_model(components[denoiser.name], precision, denoiser.keep, device):
+        done[denoiser.name] = precision
+    for name, encoder_precision in quant.encoder_precisions().items():
+        if name in components and quantize_model(components[name], encoder_precision, (), device):
+            done[name] = encoder_precision
+    return components, done
 
 
-def load_quantized_transformer(cfg, dtype: torch.dtype) -> Optional[nn.Module]:
-    """The Flux transformer read and quantised block by block from its folder (or the quantised-weights cache);
-    None when it is not quantised or has no folder (the built-in tiny model is quantised in place instead)."""
-    precision, model_cfg = cfg.quant.base_model_precision, cfg.model
-    if precision == "no_change" or not model_cfg.pretrained_model_name_or_path:
-        return None
-    from diffusers import FluxTransformer2DModel
-
-    from simpletuner_pl.models.loading import subfolder
-
-    location = model_cfg.pretrained_transformer_model_name_or_path or model_cfg.pretrained_model_name_or_path
-    sub = subfolder(model_cfg.pretrained_transformer_subfolder) \
-        if model_cfg.pretrained_transformer_model_name_or_path else "transformer"
-    device = quantization_device(cfg)
-    if precision == "nf4-bnb" and device.type == "cuda":
+def load_denoiser(denoiser: Denoiser, precision: str, dtype: torch.dtype, device: torch.device,
+                  cache_dir: Optional[str]) -> nn.Module:
+    """The denoiser read and quantised block by block from its folder (or the quantised-weights cache)."""
+    model_cls = denoiser.model_class()
+    if PRECISIONS[precision].backend == "bnb" and device.type == "cuda":
         from simpletuner_pl.quantization.bnb_gpu import load_nf4_with_diffusers
 
-        return load_nf4_with_diffusers(FluxTransformer2DModel, location, sub, model_cfg.revision, dtype, KEEP["flux"])
-    folder = local_folder(location, sub, model_cfg.revision)
-    model = _load(FluxTransformer2DModel, folder, dtype, precision, device, cfg.quant.cache_dir)
-    mark(model, precision)
+        model = load_nf4_with_diffusers(model_cls, denoiser.location, denoiser.subfolder, denoiser.revision, dtype,
+                                        denoiser.keep)
+    else:
+        folder = local_folder(denoiser.location, denoiser.subfolder, denoiser.revision)
+        model = _stream(model_cls, folder, dtype, precision, denoiser.keep, device, cache_dir)
+    flag_4bit(model, precision)
+    log.info("%s streamed and quantised to %s", model_cls.__name__, precision)
     return model
 
 
-def _load(model_cls, folder: Path, dtype, precision: str, device, cache_dir: Optional[str]) -> nn.Module:
-    keep = KEEP["flux"]
+def _stream(model_cls, folder, dtype, precision: str, keep, device, cache_dir: Optional[str]) -> nn.Module:
     if cache_dir is None:
         return stream_load(model_cls, folder, dtype, converter(precision), keep, device)
     from accelerate import init_empty_weights
@@ -103,24 +120,3 @@ def _load(model_cls, folder: Path, dtype, precision: str, device, cache_dir: Opt
     if rest:
         model.load_state_dict(read_tensors(rest, index, "", dtype, device), strict=False, assign=True)
     return model.to(device)
-
-
-def local_folder(location: str, sub: Optional[str], revision: Optional[str]) -> Path:
-    """A local diffusers folder, or the hub snapshot of just that subfolder (from the cache when offline)."""
-    local = Path(location).expanduser()
-    if not local.is_dir():
-        from huggingface_hub import snapshot_download
-
-        local = Path(snapshot_download(location, revision=revision, allow_patterns=[f"{sub}/*"] if sub else None))
-    return local / sub if sub else local
-
-
-def quantize_components(cfg, components: Dict[str, object], denoiser_name: str) -> None:
-    """Quantise the denoiser (unless the loader already did) and the text encoders, in place."""
-    quant, device = cfg.quant, quantization_device(cfg)
-    denoiser = components[denoiser_name]
-    if not is_quantized(denoiser, quant.base_model_precision):
-        quantize_model(denoiser, quant.base_model_precision, KEEP.get(cfg.model.family, ()), device)
-    for name, key in TEXT_ENCODERS.items():
-        if name in components:
-            quantize_model(components[name], getattr(quant, key), (), device)

@@ -13,11 +13,12 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from simpletuner_pl.config.registries import PRECISIONS
+
 log = logging.getLogger(__name__)
 
 Converter = Callable[[nn.Module], Optional[nn.Module]]
 
-QUANTO_TYPES = {"int8-quanto": "qint8", "int4-quanto": "qint4", "int2-quanto": "qint2", "fp8-quanto": "qfloat8"}
 NF4_BLOCKS = [(64, 256), (64, 128), (64, 64), (32, 32), (32, 8), (16, 8)]  # torchao's default first
 
 
@@ -26,7 +27,7 @@ def quanto_converter(precision: str) -> Converter:
     import optimum.quanto as quanto
     from optimum.quanto.nn import quantize_module
 
-    qtype = getattr(quanto, QUANTO_TYPES[precision])
+    qtype = getattr(quanto, PRECISIONS[precision].quanto_type)
 
     def convert(module: nn.Module) -> Optional[nn.Module]:
         if type(module) not in (nn.Linear, nn.Conv2d):
@@ -120,11 +121,12 @@ def torchao_nf4_converter(precision: str) -> Converter:
     return convert
 
 
+CONVERTERS = {"quanto": quanto_converter, "bnb": bnb_nf4_converter, "torchao": torchao_nf4_converter}
+
+
 def converter(precision: str) -> Converter:
-    if precision in QUANTO_TYPES:
-        return quanto_converter(precision)
-    if precision == "nf4-bnb":
-        return bnb_nf4_converter(precision)
-    if precision == "nf4-torchao":
-        return torchao_nf4_converter(precision)
-    raise ValueError(f"no quantisation backend for {precision!r}")
+    """The layer converter of `precision`'s backend (`simpletuner_pl.config.registries.PRECISIONS`)."""
+    backend = PRECISIONS[precision].backend
+    if backend not in CONVERTERS:
+        raise ValueError(f"no quantisation backend for {precision!r}")
+    return CONVERTERS[backend](precision)

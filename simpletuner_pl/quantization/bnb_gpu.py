@@ -2,7 +2,7 @@
 
 diffusers refuses this path without a GPU ("No GPU found. A GPU is needed for quantization."), so elsewhere the
 same NF4 `Linear4bit` layers are swapped in by `simpletuner_pl.quantization.backends.bnb_nf4_converter`. Settings
-match that converter: NF4, double quantisation, compute in the model dtype, `KEEP` modules left alone.
+match that converter: NF4, double quantisation, compute in the model dtype, the kept modules left alone.
 """
 
 from __future__ import annotations
@@ -23,7 +23,5 @@ def load_nf4_with_diffusers(model_cls, location: str, sub: Optional[str], revisi
                             dtype: torch.dtype, keep: Sequence[str]) -> torch.nn.Module:
     if not torch.cuda.is_available():  # guarded by the caller; kept for direct use
         raise RuntimeError("diffusers' BitsAndBytesConfig needs a CUDA GPU; use quantize_via=cpu")
-    model = model_cls.from_pretrained(location, subfolder=sub, revision=revision, dtype=dtype,
-                                      quantization_config=nf4_config(dtype, keep))
-    model.base_model_precision = "nf4-bnb"
-    return model
+    return model_cls.from_pretrained(location, subfolder=sub, revision=revision, dtype=dtype,
+                                     quantization_config=nf4_config(dtype, keep))

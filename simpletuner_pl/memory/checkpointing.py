@@ -1,4 +1,4 @@
-"""`train.gradient_checkpointing_interval`: checkpoint every n-th block, keep the others' activations.
+"""`train.gradient_checkpointing(_interval)`: checkpoint every n-th block, keep the others' activations.
 
 Checkpointing every block (interval 1) stores only block inputs and recomputes each block in the backward pass;
 interval n recomputes only blocks 0, n, 2n, ... of each block list and keeps the activations of the rest: more
@@ -29,8 +29,9 @@ def block_lists(model: nn.Module) -> List[str]:
     return out
 
 
-def selected_blocks(model: nn.Module, interval: int) -> List[str]:
-    """Block i of each list is checkpointed iff i % interval == 0."""
+def selected_blocks(model: nn.Module, interval: Optional[int] = None) -> List[str]:
+    """Block i of each list is checkpointed iff i % interval == 0 (None: every block)."""
+    interval = interval or 1
     return [f"{lst}.{i}" for lst in block_lists(model) for i in range(len(model.get_submodule(lst)))
             if i % interval == 0]
 
@@ -48,9 +49,9 @@ class IntervalCheckpoint:
 
 
 def enable_gradient_checkpointing(model: nn.Module, interval: Optional[int] = None) -> List[str]:
-    """Turn checkpointing on for every `interval`-th block (None or 1: all); returns the checkpointed block names."""
+    """Turn checkpointing on for every `interval`-th block (None: all); returns the checkpointed block names."""
     if not hasattr(model, "enable_gradient_checkpointing"):
         return []
-    names = selected_blocks(model, interval or 1)
+    names = selected_blocks(model, interval)
     model.enable_gradient_checkpointing(IntervalCheckpoint([model.get_submodule(n) for n in names]))
     return names

@@ -1,0 +1,80 @@
+"""The held-out images of the eval loss: a folder never trained on, read the same way at every evaluation.
+
+The source is `eval.eval_loss.instance_data_dir`, or else the first dataset with `dataset_type: eval` (which
+training leaves out). Files are found, captioned and decoded by the training pipeline's own code (discovery,
+caption strategies, `load_pixels`), then resized and centre-cropped to one square side so a single σ grid applies
+to all of them; the first `num_images` in path order are used, so every evaluation sees exactly the same pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, List
+
+import torch
+
+from simpletuner_pl.config.data import DataConfig, DatasetConfig
+from simpletuner_pl.config.validation import RESOLUTION_MULTIPLE, EvalLossConfig
+from simpletuner_pl.data.batch import Batch
+from simpletuner_pl.data.buckets import Geometry, centre_square
+from simpletuner_pl.data.captions import caption_from_filename, caption_source
+from simpletuner_pl.data.discovery import IMAGE_EXTENSIONS, discover
+from simpletuner_pl.data.images import load_pixels, normalise
+from simpletuner_pl.errors import DataError
+
+DEFAULT_RESOLUTION = 512
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    dataset: DatasetConfig  # the folder and how its images are captioned
+    resolution: int  # square side in pixels
+    setting: str  # the config key that named the folder, for messages
+
+    @property
+    def root(self) -> Path:
+        return Path(self.dataset.instance_data_dir).expanduser().resolve()
+
+
+@dataclass(frozen=True)
+class HeldOutImage:
+    path: str
+    caption: str
+    geometry: Geometry
+
+
+def held_out_source(data: DataConfig, loss: EvalLossConfig) -> HeldOut:
+    """Where the eval images come from (config only; `check_validation` made sure there is a source)."""
+    side = loss.resolution or data.largest_edge(DEFAULT_RESOLUTION) // RESOLUTION_MULTIPLE * RESOLUTION_MULTIPLE
+    if loss.instance_data_dir:
+        dataset = DatasetConfig(dataset_type="eval", instance_data_dir=loss.instance_data_dir,
+                                caption_strategy=loss.caption_strategy)
+        return HeldOut(dataset, side, "eval.eval_loss.instance_data_dir")
+    name, dataset = next(iter(data.held_out().items()))
+    return HeldOut(dataset, side, f"data.datasets.{name}.instance_data_dir")
+
+
+def discover_held_out(source: HeldOut, cache_root: Path, limit: int) -> List[HeldOutImage]:
+    """The first `limit` usable images with their caption (a missing sidecar falls back to the file name)."""
+    if not source.root.is_dir():
+        raise DataError(f"{source.setting}={source.root} does not exist or is not a folder")
+    listing = discover(source.root, cache_root, read_sidecars=source.dataset.caption_strategy == "textfile")
+    captions_of = caption_source(source.dataset, listing.root, listing.sidecars)
+    images = []
+    for info in (i for i in listing.images if i.error is None):
+        caption = (captions_of(info.rel) or (caption_from_filename(info.rel),))[0]
+        images.append(HeldOutImage(str(listing.root / info.rel), caption,
+                                   centre_square(info.width, info.height, source.resolution)))
+        if len(images) == limit:
+            break
+    if not images:
+        raise DataError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {source.root} ({source.setting})")
+    return images
+
+
+def batches(images: List[HeldOutImage], device: torch.device) -> Iterator[Batch]:
+    """One image per batch, like SimpleTuner (eval images need not share an aspect)."""
+    for image in images:
+        pixels = normalise(load_pixels(image.path, image.geometry).unsqueeze(0))
+        yield {"pixel_values": pixels.to(device), "captions": [image.caption]}

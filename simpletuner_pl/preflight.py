@@ -1,0 +1,106 @@
+"""Everything that can fail on bad input, before the first weight is loaded, in the order a user can fix it.
+
+`check_config` needs the config only (values, combinations, the family's rules, `trainer.*` names); `validate`
+adds the small files the config names (prompt libraries, the held-out folder); `preflight` then indexes the
+datasets, finds the held-out images, checks every model source (hub id or folder) and picks the checkpoint to
+resume from. Each failure is a `UserError` whose message says what to change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from simpletuner_pl.callbacks.clip_score import check_clip_source
+from simpletuner_pl.callbacks.evaluation import preview_decoder
+from simpletuner_pl.callbacks.previews import check_decoder_source
+from simpletuner_pl.callbacks.prompts import ValidationPlan, validation_plan
+from simpletuner_pl.config import validate as validate_values
+from simpletuner_pl.config.schema import RunConfig
+from simpletuner_pl.config.trainer import check_trainer_args
+from simpletuner_pl.data.catalog import Catalog, discover_all
+from simpletuner_pl.data.held_out import HeldOut, HeldOutImage, discover_held_out, held_out_source
+from simpletuner_pl.errors import ConfigError
+from simpletuner_pl.models.family import FamilySpec
+from simpletuner_pl.models.registry import check_config as check_family
+from simpletuner_pl.sources import check_source
+
+
+@dataclass
+class Settings:
+    spec: FamilySpec
+    trainer_args: Dict[str, Any]
+    validation: Optional[ValidationPlan]  # None: validation off
+    held_out: Optional[HeldOut]  # None: no eval loss
+
+
+@dataclass
+class Preflight(Settings):
+    catalog: Optional[Catalog] = None
+    held_out_images: Optional[List[HeldOutImage]] = None
+    resume_from: Optional[str] = None
+
+
+def check_config(cfg: RunConfig) -> FamilySpec:
+    validate_values(cfg)
+    return check_family(cfg)
+
+
+def validate(cfg: RunConfig) -> Settings:
+    """Config checks plus the small files the config names; no image is opened, no model source touched."""
+    spec = check_config(cfg)
+    trainer_args = check_trainer_args(cfg.trainer)
+    if cfg.adapter.init == "loftq":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("adapter.init=loftq needs a CUDA GPU (PEFT's LoftQ quantises with bitsandbytes on "
+                              "CUDA); use adapter.init=default|gaussian|pissa|olora on this machine")
+    plan = validation_plan(cfg.validation, cfg.seed) if cfg.validation.enabled else None
+    held_out = held_out_source(cfg.data, cfg.eval.eval_loss) if cfg.eval.eval_loss.enabled else None
+    if held_out is not None:
+        check_held_out_apart(cfg, held_out)
+    return Settings(spec, trainer_args, plan, held_out)
+
+
+def check_held_out_apart(cfg: RunConfig, held_out: HeldOut) -> None:
+    for name, ds in cfg.data.training().items():
+        train_dir = Path(ds.instance_data_dir).expanduser().resolve()
+        root = held_out.root
+        if root == train_dir or train_dir in root.parents or root in train_dir.parents:
+            raise ConfigError(f"the eval-loss images ({root}) overlap training dataset {name} ({train_dir}): "
+                              "held-out images must never be trained on; use a separate folder")
+
+
+def check_model_sources(cfg: RunConfig, spec: FamilySpec) -> None:
+    if not cfg.model.is_builtin_tiny:
+        for source in spec.sources(cfg.model):
+            check_source(source, cfg.model.revision)
+    if cfg.eval.clip_score.enabled:
+        check_clip_source(cfg.eval.clip_score.model)
+    if cfg.validation.enabled and cfg.validation.preview:
+        check_decoder_source(preview_decoder(cfg))
+
+
+def resolve_resume(resume: Optional[str], checkpoint_dir: Path) -> Optional[str]:
+    if resume is None:
+        return None
+    if resume == "latest":
+        last = checkpoint_dir / "last.ckpt"
+        return str(last) if last.is_file() else None
+    if not Path(resume).is_file():
+        raise ConfigError(f"train.resume={resume}: no such checkpoint file")
+    return resume
+
+
+def preflight(cfg: RunConfig) -> Preflight:
+    """Every startup check, data errors before model-source errors (they are cheaper to find and to fix)."""
+    settings = validate(cfg)
+    catalog = discover_all(cfg.data, cfg.train, settings.trainer_args)
+    images = None
+    if settings.held_out is not None:
+        images = discover_held_out(settings.held_out, cfg.data.cache_root(), cfg.eval.eval_loss.num_images)
+    check_model_sources(cfg, settings.spec)
+    resume_from = resolve_resume(cfg.train.resume, Path(cfg.output_dir) / "checkpoints")
+    return Preflight(**vars(settings), catalog=catalog, held_out_images=images, resume_from=resume_from)
