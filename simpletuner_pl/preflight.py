@@ -12,9 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from simpletuner_pl.callbacks.clip_score import check_clip_source
-from simpletuner_pl.callbacks.evaluation import preview_decoder
-from simpletuner_pl.callbacks.previews import check_decoder_source
+from simpletuner_pl.callbacks.model_sources import check_clip_source, check_decoder_source, preview_decoder
 from simpletuner_pl.callbacks.prompts import ValidationPlan, validation_plan
 from simpletuner_pl.config import validate as validate_values
 from simpletuner_pl.config.schema import RunConfig

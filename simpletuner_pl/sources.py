@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from simpletuner_pl.errors import ModelSourceError
 
@@ -35,6 +35,16 @@ def component_source(base: str, override: Optional[str], override_subfolder: Opt
                      default_subfolder: str) -> Tuple[str, Optional[str]]:
     """(location, subfolder) of one component: the override with its own subfolder, else the base's folder."""
     return (override, subfolder(override_subfolder)) if override else (base, default_subfolder)
+
+
+def pipeline_sources(what: str, base: str, overrides: Sequence[Tuple[str, Optional[str], Optional[str], str]]
+                     ) -> List[Source]:
+    """The base pipeline (its `model_index.json`) and every component override that is set: (what, location,
+    subfolder, config key) each, with the component's own `config.json`."""
+    found = [Source(what, base, None, "model_index.json")]
+    found += [Source(name, location, subfolder(sub), "config.json", key) for name, location, sub, key in overrides
+              if location]
+    return found
 
 
 def looks_like_path(location: str) -> bool:

@@ -30,8 +30,8 @@ def checkpoint_step(ckpt_path: Optional[str]) -> Optional[int]:
 
 
 def trainer_arguments(cfg: RunConfig, output_dir: Path, checked: Preflight) -> Dict[str, Any]:
-    from simpletuner_pl.callbacks import build_callbacks
     from simpletuner_pl.callbacks.checkpointing import AtomicCheckpointIO
+    from simpletuner_pl.callbacks.factory import build_callbacks
     from simpletuner_pl.callbacks.metrics_log import MetricsCSVLogger
     from simpletuner_pl.optimizers import clip_value
 

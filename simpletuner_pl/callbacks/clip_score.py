@@ -12,58 +12,18 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 import lightning as L
 import torch
 
+from simpletuner_pl.callbacks.model_sources import OPEN_CLIP, parse_open_clip
 from simpletuner_pl.callbacks.rounds import log_metrics
 from simpletuner_pl.config.validation import ClipScoreConfig
-from simpletuner_pl.errors import ConfigError
 from simpletuner_pl.io import write_json
-from simpletuner_pl.sources import Source, check_source
 
 log = logging.getLogger(__name__)
-OPEN_CLIP = "open_clip:"
 Encoder = Tuple[torch.nn.Module, Callable, Callable]  # model, images -> features, texts -> features
-
-
-def parse_open_clip(spec: str) -> Tuple[str, Optional[str]]:
-    """`open_clip:ViT-H-14:laion2b_s32b_b79k` → (arch, pretrained); registers an arch given as a .json file."""
-    import open_clip
-
-    rest = spec[len(OPEN_CLIP):]
-    if rest.startswith("hf-hub:"):
-        return rest, None
-    arch, _, pretrained = rest.partition(":")
-    if arch.endswith(".json"):
-        if not Path(arch).expanduser().is_file():
-            raise ConfigError(f"eval.clip_score.model={spec}: model config {arch} does not exist")
-        open_clip.add_model_config(Path(arch).expanduser())
-        arch = Path(arch).stem
-    if arch not in open_clip.list_models():
-        raise ConfigError(f"eval.clip_score.model={spec}: open_clip has no architecture {arch!r} (open_clip."
-                          "list_models() names them), and it is not a .json model config")
-    tags = open_clip.list_pretrained_tags_by_model(arch)
-    if not pretrained:
-        if not tags:
-            raise ConfigError(f"eval.clip_score.model={spec}: no known weights for {arch}; append :<weights file> "
-                              "or :random")
-        return arch, tags[0]
-    if pretrained == "random":
-        return arch, None
-    if pretrained not in tags and not Path(pretrained).expanduser().is_file():
-        raise ConfigError(f"eval.clip_score.model={spec}: {pretrained!r} is neither a weights file nor one of "
-                          f"{arch}'s pretrained tags ({', '.join(tags) or 'none'}); or use :random")
-    return arch, pretrained
-
-
-def check_clip_source(spec: str) -> None:
-    if spec.startswith(OPEN_CLIP):
-        parse_open_clip(spec)
-    else:
-        check_source(Source("CLIP score model", spec, None, "config.json", key="eval.clip_score.model"))
 
 
 def _features(output) -> torch.Tensor:
@@ -101,7 +61,7 @@ def clip_scores(encoder: Encoder, images: List, prompts: List[str]) -> torch.Ten
 
 class ClipScore(L.Callback):
     def __init__(self, clip_cfg: ClipScoreConfig):
-        self.spec = clip_cfg.model  # checked at startup by simpletuner_pl.preflight (check_clip_source)
+        self.spec = clip_cfg.model  # checked at startup (model_sources.check_clip_source)
         self.encoder: Optional[Encoder] = None
 
     def on_validation_images(self, trainer: L.Trainer, module: L.LightningModule, step: int,

@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import lightning as L
 import torch
@@ -23,10 +23,19 @@ import torch
 from simpletuner_pl.callbacks.plot import plot_loss_vs_sigma
 from simpletuner_pl.callbacks.rounds import PeriodicRound, log_metrics
 from simpletuner_pl.config.validation import EvalLossConfig
-from simpletuner_pl.data.held_out import HeldOutImage, batches
+from simpletuner_pl.data.batch import Batch
+from simpletuner_pl.data.held_out import HeldOutImage
+from simpletuner_pl.data.images import load_pixels, normalise
 from simpletuner_pl.io import write_json, write_text
 
 log = logging.getLogger(__name__)
+
+
+def batches(images: List[HeldOutImage], device: torch.device) -> Iterator[Batch]:
+    """One image per batch, like SimpleTuner (eval images need not share an aspect), decoded as training does."""
+    for image in images:
+        pixels = normalise(load_pixels(image.path, image.geometry).unsqueeze(0))
+        yield {"pixel_values": pixels.to(device), "captions": [image.caption]}
 
 
 class EvalLoss(PeriodicRound):

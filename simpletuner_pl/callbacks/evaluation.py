@@ -14,18 +14,13 @@ import lightning as L
 from simpletuner_pl.callbacks.clip_score import ClipScore
 from simpletuner_pl.callbacks.eval_loss import EvalLoss
 from simpletuner_pl.callbacks.model_card import ModelCard
+from simpletuner_pl.callbacks.model_sources import preview_decoder
 from simpletuner_pl.callbacks.previews import PreviewWebhook
 from simpletuner_pl.callbacks.prompts import ValidationPlan
 from simpletuner_pl.callbacks.validation import ValidationImages
 from simpletuner_pl.config.schema import RunConfig
 from simpletuner_pl.config.validation import ValidationConfig
 from simpletuner_pl.data.held_out import HeldOutImage
-from simpletuner_pl.models.registry import family
-
-
-def preview_decoder(cfg: RunConfig) -> str:
-    """The Tiny AutoEncoder of validation previews: `validation.preview_decoder`, else the family's."""
-    return cfg.validation.preview_decoder or family(cfg.model.family).preview_decoder
 
 
 def evaluation_callbacks(cfg: RunConfig, output_dir: Path, plan: Optional[ValidationPlan],

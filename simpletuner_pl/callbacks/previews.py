@@ -20,14 +20,8 @@ from typing import Any, Callable, Dict, Optional
 import torch
 
 from simpletuner_pl.config.validation import ValidationConfig
-from simpletuner_pl.sources import Source, check_source
 
 log = logging.getLogger(__name__)
-
-
-def check_decoder_source(location: str) -> None:
-    """Fail at startup, not at the first validation round, when the decoder cannot be found."""
-    check_source(Source("validation preview decoder", location, None, "config.json", key="validation.preview_decoder"))
 
 
 def post_json(url: str, payload: Dict[str, Any], timeout_s: float) -> bool:

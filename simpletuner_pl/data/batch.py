@@ -8,9 +8,10 @@ reaches the module (`AspectBucketDataModule.on_before/after_batch_transfer`).
 
 from __future__ import annotations
 
-from typing import List, Tuple, TypedDict
+from typing import TYPE_CHECKING, List, Tuple, TypedDict
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 class Batch(TypedDict, total=False):

@@ -81,11 +81,12 @@ def expected_world_size(trainer: Mapping[str, object]) -> int:
         count = len([d for d in devices.split(",") if d.strip()])
     else:
         count = -1
-    if count < 0:  # "auto" / -1: every visible accelerator
+    if count < 0 and trainer.get("accelerator", "auto") == "cpu":
+        count = 1
+    elif count < 0:  # "auto" / -1: every visible accelerator
         import torch
 
-        on_cpu = trainer.get("accelerator", "auto") == "cpu" or not torch.cuda.is_available()
-        count = 1 if on_cpu else torch.cuda.device_count()
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 1
     return max(1, count) * max(1, nodes)
 
 

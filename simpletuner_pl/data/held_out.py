@@ -2,25 +2,22 @@
 
 The source is `eval.eval_loss.instance_data_dir`, or else the first dataset with `dataset_type: eval` (which
 training leaves out). Files are found, captioned and decoded by the training pipeline's own code (discovery,
-caption strategies, `load_pixels`), then resized and centre-cropped to one square side so a single σ grid applies
-to all of them; the first `num_images` in path order are used, so every evaluation sees exactly the same pixels.
+caption strategies; `load_pixels` at evaluation time), then resized and centre-cropped to one square side so a
+single σ grid applies to all of them; the first `num_images` in path order are used, so every evaluation sees
+exactly the same pixels.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List
-
-import torch
+from typing import List
 
 from simpletuner_pl.config.data import DataConfig, DatasetConfig
 from simpletuner_pl.config.validation import RESOLUTION_MULTIPLE, EvalLossConfig
-from simpletuner_pl.data.batch import Batch
 from simpletuner_pl.data.buckets import Geometry, centre_square
 from simpletuner_pl.data.captions import caption_from_filename, caption_source
 from simpletuner_pl.data.discovery import IMAGE_EXTENSIONS, discover
-from simpletuner_pl.data.images import load_pixels, normalise
 from simpletuner_pl.errors import DataError
 
 DEFAULT_RESOLUTION = 512
@@ -71,10 +68,3 @@ def discover_held_out(source: HeldOut, cache_root: Path, limit: int) -> List[Hel
     if not images:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {source.root} ({source.setting})")
     return images
-
-
-def batches(images: List[HeldOutImage], device: torch.device) -> Iterator[Batch]:
-    """One image per batch, like SimpleTuner (eval images need not share an aspect)."""
-    for image in images:
-        pixels = normalise(load_pixels(image.path, image.geometry).unsqueeze(0))
-        yield {"pixel_values": pixels.to(device), "captions": [image.caption]}

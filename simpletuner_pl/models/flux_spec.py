@@ -8,22 +8,17 @@ from simpletuner_pl.config.registries import FLUX_TARGETS
 from simpletuner_pl.config.schema import ModelConfig, RunConfig
 from simpletuner_pl.errors import ConfigError
 from simpletuner_pl.models.family import FamilySpec
-from simpletuner_pl.sources import Source, component_source, subfolder
+from simpletuner_pl.sources import Source, component_source, pipeline_sources
 
 TRANSFORMER_KEY = "model.pretrained_transformer_model_name_or_path"
 VAE_KEY = "model.pretrained_vae_model_name_or_path"
 
 
 def sources(model: ModelConfig) -> List[Source]:
-    base = model.pretrained_model_name_or_path
-    found = [Source("text encoders and tokenizers", base, None, "model_index.json")]
-    if model.pretrained_transformer_model_name_or_path:
-        found.append(Source("transformer", model.pretrained_transformer_model_name_or_path,
-                            subfolder(model.pretrained_transformer_subfolder), "config.json", TRANSFORMER_KEY))
-    if model.pretrained_vae_model_name_or_path:
-        found.append(Source("VAE", model.pretrained_vae_model_name_or_path, subfolder(model.pretrained_vae_subfolder),
-                            "config.json", VAE_KEY))
-    return found
+    return pipeline_sources("text encoders and tokenizers", model.pretrained_model_name_or_path, [
+        ("transformer", model.pretrained_transformer_model_name_or_path, model.pretrained_transformer_subfolder,
+         TRANSFORMER_KEY),
+        ("VAE", model.pretrained_vae_model_name_or_path, model.pretrained_vae_subfolder, VAE_KEY)])
 
 
 def transformer_source(model: ModelConfig) -> Tuple[str, Optional[str]]:

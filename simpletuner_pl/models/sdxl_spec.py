@@ -12,23 +12,18 @@ from simpletuner_pl.config.registries import PRECISIONS, SDXL_TARGETS
 from simpletuner_pl.config.schema import ModelConfig, RunConfig
 from simpletuner_pl.errors import ConfigError
 from simpletuner_pl.models.family import FamilySpec
-from simpletuner_pl.sources import Source, component_source, subfolder
+from simpletuner_pl.sources import Source, component_source, pipeline_sources
 
 UNET_KEY = "model.pretrained_unet_model_name_or_path"
 VAE_KEY = "model.pretrained_vae_model_name_or_path"
 
 
 def sources(model: ModelConfig) -> List[Source]:
-    base = model.pretrained_model_name_or_path
-    found = [Source("text encoders, tokenizers and scheduler", base, None, "model_index.json")]
-    if model.pretrained_unet_model_name_or_path:
-        found.append(Source("UNet", model.pretrained_unet_model_name_or_path,
-                            subfolder(model.pretrained_unet_subfolder), "config.json",
-                            f"{UNET_KEY} (null = the base model's unet/)"))
-    if model.pretrained_vae_model_name_or_path:
-        found.append(Source("VAE", model.pretrained_vae_model_name_or_path, subfolder(model.pretrained_vae_subfolder),
-                            "config.json", f"{VAE_KEY} (null = the base model's own vae/)"))
-    return found
+    return pipeline_sources("text encoders, tokenizers and scheduler", model.pretrained_model_name_or_path, [
+        ("UNet", model.pretrained_unet_model_name_or_path, model.pretrained_unet_subfolder,
+         f"{UNET_KEY} (null = the base model's unet/)"),
+        ("VAE", model.pretrained_vae_model_name_or_path, model.pretrained_vae_subfolder,
+         f"{VAE_KEY} (null = the base model's own vae/)")])
 
 
 def unet_source(model: ModelConfig) -> Tuple[str, Optional[str]]:

@@ -31,6 +31,16 @@ def clip_config(vocab_size: int, hidden_size: int):
     )
 
 
+def tiny_vae(latent_channels: int, **config: Any):
+    """A 4-block AutoencoderKL (vae_scale_factor 8, like the real ones) with 8-16 channels per block."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=latent_channels,
+                         block_out_channels=(8, 8, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, norm_num_groups=4,
+                         sample_size=64, **config)
+
+
 def cast_modules(components: Dict[str, Any], dtype) -> Dict[str, Any]:
     """Random-init tiny components are built in fp32; cast the weighted ones to the run's dtype."""
     import torch

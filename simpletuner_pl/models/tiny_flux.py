@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from simpletuner_pl.models.tiny import clip_config, load_tiny_tokenizers
+from simpletuner_pl.models.tiny import clip_config, load_tiny_tokenizers, tiny_vae
 
 if TYPE_CHECKING:
     from diffusers import FluxPipeline
@@ -44,7 +44,7 @@ def build_tiny_flux_components(seed: int = 0, **transformer_overrides: Any) -> d
     forked, so callers' random streams are unchanged.
     """
     import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
     tokenizer, tokenizer_2 = load_tiny_tokenizers()
@@ -68,21 +68,8 @@ def build_tiny_flux_components(seed: int = 0, **transformer_overrides: Any) -> d
         text_encoder = CLIPTextModel(clip_cfg)
         text_encoder_2 = T5EncoderModel(t5_cfg)
         transformer = FluxTransformer2DModel(**{**TINY_FLUX_TRANSFORMER, **transformer_overrides})
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            latent_channels=16,
-            block_out_channels=(8, 8, 16, 16),  # 4 blocks -> vae_scale_factor 8, like real Flux
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=1,
-            norm_num_groups=4,
-            sample_size=64,
-            use_quant_conv=False,
-            use_post_quant_conv=False,
-            shift_factor=0.1159,
-            scaling_factor=0.3611,
-        )
+        vae = tiny_vae(16, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.1159,
+                       scaling_factor=0.3611)  # Flux's VAE: 16 channels, shifted and scaled latents
     scheduler = FlowMatchEulerDiscreteScheduler(
         shift=3.0,
         use_dynamic_shifting=True,

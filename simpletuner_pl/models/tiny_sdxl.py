@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from simpletuner_pl.models.tiny import clip_config, load_tiny_tokenizers
+from simpletuner_pl.models.tiny import clip_config, load_tiny_tokenizers, tiny_vae
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionXLPipeline
@@ -41,7 +41,7 @@ TINY_SDXL_UNET: dict[str, Any] = dict(
 def build_tiny_sdxl_components(seed: int = 0, **unet_overrides: Any) -> dict[str, Any]:
     """`StableDiffusionXLPipeline` constructor kwargs; weights depend only on `seed` (the global RNG is untouched)."""
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer, _ = load_tiny_tokenizers()
@@ -51,11 +51,7 @@ def build_tiny_sdxl_components(seed: int = 0, **unet_overrides: Any) -> dict[str
         text_encoder = CLIPTextModel(clip_cfg)
         text_encoder_2 = CLIPTextModelWithProjection(clip_cfg)
         unet = UNet2DConditionModel(**{**TINY_SDXL_UNET, **unet_overrides})
-        vae = AutoencoderKL(
-            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16, 16),
-            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=1, norm_num_groups=4, sample_size=64, scaling_factor=0.13025,  # SDXL's VAE scale
-        )
+        vae = tiny_vae(4, scaling_factor=0.13025)  # SDXL's VAE: 4 channels, its scale
     scheduler = EulerDiscreteScheduler(  # SDXL base's shipped inference scheduler; training reads it as DDPM
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
         timestep_spacing="leading", prediction_type="epsilon",
