@@ -20,6 +20,27 @@ from simpletuner_pl.preflight import Preflight, preflight
 log = logging.getLogger(__name__)
 
 
+def quiet_libraries() -> None:
+    """One line per message: where the root logger prints (Hydra's CLI), Lightning's own console handler would
+    repeat it. Called after the startup checks, so a bad input never waits for Lightning's import."""
+    import warnings
+
+    import lightning.pytorch  # noqa: F401  (it installs its console handler on import)
+
+    if logging.getLogger().hasHandlers():
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).handlers.clear()
+            logging.getLogger(name).propagate = True
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # CPU kernel probe noise on import
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao's enum registration notices
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # frozen encoders, on purpose
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated.*")
+    warnings.filterwarnings("ignore", message=r".*Experiment logs directory .* exists and is not empty.*")
+    warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")  # we log across epochs
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: "litlogger" not in record.getMessage())  # an advert, printed at every start
+
+
 def checkpoint_step(ckpt_path: Optional[str]) -> Optional[int]:
     if ckpt_path is None:
         return None
@@ -72,6 +93,7 @@ def run(cfg):
     cfg = to_typed(cfg)  # typed dataclasses from here on (methods, no interpolation)
     checked = preflight(cfg)
     output_dir = Path(cfg.output_dir)
+    quiet_libraries()
 
     import lightning as L
 
