@@ -46,6 +46,15 @@ def write_json(target: str | os.PathLike, payload: Any, indent: int | None = 2) 
     return write_text(target, json.dumps(payload, indent=indent) + ("\n" if indent is not None else ""))
 
 
+def save_image(image, target: str | os.PathLike) -> Path:
+    """A PIL image written atomically, its format from the target's extension (e.g. `.png`)."""
+    from PIL import Image
+
+    with atomic_path(target) as tmp:
+        image.save(tmp, format=Image.registered_extensions()[Path(target).suffix.lower()])
+    return Path(target)
+
+
 @contextmanager
 def atomic_dir(directory: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty staging folder beside `directory`; on success each entry replaces its namesake inside

@@ -13,6 +13,8 @@ from typing import List, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
+from simpletuner_pl.io import save_image
+
 log = logging.getLogger(__name__)
 LABEL_HEIGHT = 14
 
@@ -36,7 +38,7 @@ def make_grid(rows: Sequence[Tuple[str, Sequence[Image.Image]]], max_cell: int =
 
 
 def log_grid(trainer, grid: Image.Image, path: Path, step: int, key: str = "validation/grid") -> None:
-    grid.save(path)
+    save_image(grid, path)
     array = np.asarray(grid)
     for logger in trainer.loggers:
         try:

@@ -11,6 +11,8 @@ from typing import List, Sequence, Tuple
 
 from PIL import Image, ImageDraw
 
+from simpletuner_pl.io import save_image
+
 WIDTH, HEIGHT, MARGIN = 720, 440, 60
 Series = Tuple[int, Sequence[float], Sequence[float]]  # (step, sigmas, losses)
 
@@ -52,6 +54,4 @@ def plot_loss_vs_sigma(series: List[Series], path: Path, title: str = "eval loss
             draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colour)
     last_step = series[-1][0]
     draw.text((x1 - 170, 6), f"{len(series)} rounds, latest (blue) step {last_step}", fill=(0, 0, 200))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
-    return path
+    return save_image(image, path)

@@ -23,6 +23,7 @@ from simpletuner_pl.callbacks.previews import PreviewWebhook
 from simpletuner_pl.callbacks.prompts import ValidationPlan
 from simpletuner_pl.callbacks.rounds import PeriodicRound, log_metrics
 from simpletuner_pl.config.validation import ValidationConfig
+from simpletuner_pl.io import save_image
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class ValidationImages(PeriodicRound):
         step_dir.mkdir(parents=True, exist_ok=True)
         for sample in samples:
             sample["path"] = image_path(step_dir, sample["nickname"], sample["width"], sample["height"])
-            sample["image"].save(sample["path"])
+            save_image(sample["image"], sample["path"])
         log_grid(trainer, make_grid(rows_by_prompt(samples)), step_dir / "grid.png", step)
         seconds = time.perf_counter() - started
         log_metrics(trainer, {"validation/seconds": seconds}, step)
