@@ -6,7 +6,7 @@ import logging
 import sys
 
 from simpletuner_pl.config import register
-from simpletuner_pl.errors import UserError
+from simpletuner_pl.errors import Interrupted, UserError
 from simpletuner_pl.paths import config_dir
 
 log = logging.getLogger("simpletuner_pl")
@@ -23,6 +23,9 @@ def _job(cfg) -> None:
     except UserError as err:
         log.error("%s", err)
         sys.exit(2)
+    except Interrupted as stop:
+        log.warning("%s", stop)
+        sys.exit(stop.exit_code)
 
 
 def main() -> None:

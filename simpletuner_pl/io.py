@@ -72,3 +72,31 @@ def atomic_dir(directory: str | os.PathLike) -> Iterator[Path]:
             os.replace(item, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def remove_orphans(root: str | os.PathLike, older_than_s: float) -> int:
+    """Delete what an interrupted write left under `root` (the hidden temporaries of `atomic_path` and the staging
+    folders of `atomic_dir`) once it is older than `older_than_s`; returns how many were removed."""
+    import time
+
+    root, cutoff, removed = Path(root), time.time() - older_than_s, 0
+    if not root.is_dir():
+        return 0
+    for path in list(root.rglob(".*")):
+        try:
+            stale = path.lstat().st_mtime < cutoff
+        except OSError:
+            continue
+        if stale and path.is_file() and path.name.endswith(".tmp"):
+            path.unlink(missing_ok=True)
+            removed += 1
+        elif stale and path.is_dir() and _is_staging(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _is_staging(path: Path) -> bool:
+    """`.adapter.k3j9x2` beside `adapter`: a folder `atomic_dir` was still filling."""
+    parts = path.name.split(".")
+    return len(parts) >= 3 and parts[0] == "" and (path.parent / ".".join(parts[1:-1])).exists()

@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import logging
 from typing import Iterable, Optional
 
@@ -21,6 +23,7 @@ import torch
 
 from simpletuner_pl.config.registries import OPTIMIZERS
 from simpletuner_pl.config.schema import OptimizerConfig, TrainConfig
+from simpletuner_pl.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,38 @@ def _prodigy(params, o: OptimizerConfig, extra: dict):
 
 BUILDERS = {"adamw": _torch_adamw, "adamw_bf16": _optimi, "optimi_stableadamw": _optimi, "optimi_lion": _optimi,
             "bnb_adamw8bit": _bitsandbytes, "bnb_lion8bit_paged": _bitsandbytes, "prodigy": _prodigy}
+
+
+def optimizer_class(name: str) -> type:
+    """The class `optimizer.name` builds (imported on demand)."""
+    if name == "adamw":
+        return torch.optim.AdamW
+    if name in ("adamw_bf16", "optimi_stableadamw", "optimi_lion"):
+        import optimi
+
+        return {"adamw_bf16": optimi.AdamW, "optimi_stableadamw": optimi.StableAdamW, "optimi_lion": optimi.Lion}[name]
+    if name in ("bnb_adamw8bit", "bnb_lion8bit_paged"):
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit if name == "bnb_adamw8bit" else bnb.optim.PagedLion8bit
+    from prodigyplus import ProdigyPlusScheduleFree
+
+    return ProdigyPlusScheduleFree
+
+
+def check_extra(opt_cfg: OptimizerConfig) -> None:
+    """`optimizer.extra` keys must be arguments of the optimizer (checked before any weight is loaded); the ones
+    with an `optimizer.*` key of their own are set there."""
+    own = {"lr", "betas", "eps", "weight_decay", "params"}
+    valid = [p for p in inspect.signature(optimizer_class(opt_cfg.name).__init__).parameters if p not in own | {"self"}]
+    for key in opt_cfg.extra:
+        if key in own:
+            raise ConfigError(f"optimizer.extra.{key}: set optimizer.{key} instead")
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=2)
+            raise ConfigError(f"optimizer.extra.{key} is not an argument of optimizer={opt_cfg.name}"
+                              f"{' (did you mean ' + ', '.join(close) + '?)' if close else ''}; valid: "
+                              f"{', '.join(valid)}")
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], opt_cfg: OptimizerConfig) -> torch.optim.Optimizer:

@@ -8,6 +8,9 @@ resume from. Each failure is a `UserError` whose message says what to change.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -17,12 +20,17 @@ from simpletuner_pl.callbacks.prompts import ValidationPlan, validation_plan
 from simpletuner_pl.config import validate as validate_values
 from simpletuner_pl.config.schema import RunConfig
 from simpletuner_pl.config.trainer import check_trainer_args
+from simpletuner_pl.config.validation import ValidationConfig
 from simpletuner_pl.data.catalog import Catalog, discover_all
 from simpletuner_pl.data.held_out import HeldOut, HeldOutImage, discover_held_out, held_out_source
 from simpletuner_pl.errors import ConfigError
+from simpletuner_pl.io import remove_orphans
 from simpletuner_pl.models.family import FamilySpec
 from simpletuner_pl.models.registry import check_config as check_family
+from simpletuner_pl.resume import Checkpoint, choose
 from simpletuner_pl.sources import check_source
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,7 +45,7 @@ class Settings:
 class Preflight(Settings):
     catalog: Optional[Catalog] = None
     held_out_images: Optional[List[HeldOutImage]] = None
-    resume_from: Optional[str] = None
+    resume_from: Optional[Checkpoint] = None
 
 
 def check_config(cfg: RunConfig) -> FamilySpec:
@@ -56,10 +64,21 @@ def validate(cfg: RunConfig) -> Settings:
             raise ConfigError("adapter.init=loftq needs a CUDA GPU (PEFT's LoftQ quantises with bitsandbytes on "
                               "CUDA); use adapter.init=default|gaussian|pissa|olora on this machine")
     plan = validation_plan(cfg.validation, cfg.seed) if cfg.validation.enabled else None
+    if plan is None:
+        warn_unused_validation_keys(cfg.validation)
     held_out = held_out_source(cfg.data, cfg.eval.eval_loss) if cfg.eval.eval_loss.enabled else None
     if held_out is not None:
         check_held_out_apart(cfg, held_out)
     return Settings(spec, trainer_args, plan, held_out)
+
+
+def warn_unused_validation_keys(validation: ValidationConfig) -> None:
+    defaults = ValidationConfig()
+    unused = [f.name for f in dataclasses.fields(validation)
+              if f.name != "enabled" and getattr(validation, f.name) != getattr(defaults, f.name)]
+    if unused:
+        log.warning("validation is off, so %s render nothing: add validation=on (or validation.enabled=true) "
+                    "to get validation images", ", ".join(f"validation.{name}" for name in unused))
 
 
 def check_held_out_apart(cfg: RunConfig, held_out: HeldOut) -> None:
@@ -81,15 +100,16 @@ def check_model_sources(cfg: RunConfig, spec: FamilySpec) -> None:
         check_decoder_source(preview_decoder(cfg))
 
 
-def resolve_resume(resume: Optional[str], checkpoint_dir: Path) -> Optional[str]:
-    if resume is None:
-        return None
-    if resume == "latest":
-        last = checkpoint_dir / "last.ckpt"
-        return str(last) if last.is_file() else None
-    if not Path(resume).is_file():
-        raise ConfigError(f"train.resume={resume}: no such checkpoint file")
-    return resume
+def clean_up_interrupted_writes(cfg: RunConfig) -> None:
+    """Temporaries of writes a kill interrupted: in this run's folder after a minute, in the (shared) caches after
+    an hour, so a concurrent writer's file is never taken. Rank 0 only."""
+    if os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) != "0":
+        return
+    removed = remove_orphans(cfg.output_dir, 60)
+    caches = {cfg.data.text_cache_dir(), *(cfg.data.vae_cache_dir(name) for name in cfg.data.training())}
+    removed += sum(remove_orphans(folder, 3600) for folder in caches)
+    if removed:
+        log.info("removed %d temporary file(s) left by interrupted writes", removed)
 
 
 def preflight(cfg: RunConfig) -> Preflight:
@@ -100,5 +120,6 @@ def preflight(cfg: RunConfig) -> Preflight:
     if settings.held_out is not None:
         images = discover_held_out(settings.held_out, cfg.data.cache_root(), cfg.eval.eval_loss.num_images)
     check_model_sources(cfg, settings.spec)
-    resume_from = resolve_resume(cfg.train.resume, Path(cfg.output_dir) / "checkpoints")
+    resume_from = choose(cfg)  # the checkpoint to continue from, refused when the setup changed
+    clean_up_interrupted_writes(cfg)
     return Preflight(**vars(settings), catalog=catalog, held_out_images=images, resume_from=resume_from)

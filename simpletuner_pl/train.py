@@ -7,6 +7,8 @@ Every check that can fail on bad input (config values, files, datasets, model so
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -14,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from simpletuner_pl.config import RunConfig, to_typed
 from simpletuner_pl.config.registries import MIXED_PRECISION
-from simpletuner_pl.errors import ConfigError
+from simpletuner_pl.errors import ConfigError, Interrupted
+from simpletuner_pl.io import write_text
 from simpletuner_pl.preflight import Preflight, preflight
 
 log = logging.getLogger(__name__)
@@ -41,15 +44,6 @@ def quiet_libraries() -> None:
         lambda record: "litlogger" not in record.getMessage())  # an advert, printed at every start
 
 
-def checkpoint_step(ckpt_path: Optional[str]) -> Optional[int]:
-    if ckpt_path is None:
-        return None
-    import torch
-
-    # mmap: a full fine-tune checkpoint holds the whole denoiser; only one integer is needed here.
-    return torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)["global_step"]
-
-
 def trainer_arguments(cfg: RunConfig, output_dir: Path, checked: Preflight) -> Dict[str, Any]:
     from simpletuner_pl.callbacks.checkpointing import AtomicCheckpointIO
     from simpletuner_pl.callbacks.factory import build_callbacks
@@ -61,7 +55,7 @@ def trainer_arguments(cfg: RunConfig, output_dir: Path, checked: Preflight) -> D
         max_steps=train.max_steps, max_epochs=-1, accumulate_grad_batches=train.gradient_accumulation_steps,
         gradient_clip_val=clip_value(train, cfg.optimizer),  # None for optimizers that bound their own updates
         gradient_clip_algorithm="norm", precision=MIXED_PRECISION[train.mixed_precision],
-        logger=MetricsCSVLogger(output_dir, checkpoint_step(checked.resume_from)),
+        logger=MetricsCSVLogger(output_dir, checked.resume_from.step if checked.resume_from else None),
         callbacks=build_callbacks(cfg, output_dir, checked.validation, checked.held_out_images),
         plugins=[AtomicCheckpointIO()], default_root_dir=output_dir, log_every_n_steps=train.log_every_n_steps,
         num_sanity_val_steps=0, limit_val_batches=0, enable_model_summary=False,
@@ -79,12 +73,16 @@ def build_trainer(kwargs: Dict[str, Any]):
         raise ConfigError(f"trainer.*: lightning.Trainer refused the arguments: {err}") from None
 
 
-def save_composed(composed: DictConfig, output_dir: Path) -> None:
-    """`.hydra/config.yaml`: `python -m simpletuner_pl` has Hydra write it; notebooks and scripts get it here."""
+def save_composed(composed: DictConfig, output_dir: Path, resumed_step: Optional[int]) -> None:
+    """`.hydra/config.yaml`, written once the startup checks passed (Hydra's own record of each launch, refused ones
+    included, is in `.hydra/launches/`). A resume that changed what may change keeps the earlier config beside it
+    as `config.before_step_N.yaml`."""
     target = output_dir / ".hydra" / "config.yaml"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(composed, target, resolve=True)
+    text = OmegaConf.to_yaml(composed, resolve=True)
+    if target.is_file() and target.read_text() != text and resumed_step is not None:
+        os.replace(target, target.with_name(f"config.before_step_{resumed_step}.yaml"))
+    if not target.is_file() or target.read_text() != text:
+        write_text(target, text)
 
 
 def run(cfg):
@@ -99,17 +97,35 @@ def run(cfg):
 
     from simpletuner_pl.data.datamodule import AspectBucketDataModule
     from simpletuner_pl.models.build import build_module
+    from simpletuner_pl.optimizers import check_extra
     from simpletuner_pl.planner.report import check_budget
 
+    check_extra(cfg.optimizer)  # needs the optimizer's library; still before any weight loads
     output_dir.mkdir(parents=True, exist_ok=True)
-    save_composed(composed, output_dir)
+    save_composed(composed, output_dir, checked.resume_from.step if checked.resume_from else None)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     trainer = build_trainer(trainer_arguments(cfg, output_dir, checked))
     device = trainer.strategy.root_device
     check_budget(cfg, device)  # warns when the memory plan exceeds the device
     module = build_module(cfg, device)
     datamodule = AspectBucketDataModule(cfg.data, cfg.train, cfg.seed, checked.catalog, output_dir)
-    if checked.resume_from:
-        log.info("resuming from %s", checked.resume_from)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=checked.resume_from)
+    resume_from = checked.resume_from.path if checked.resume_from else None
+    if resume_from:
+        log.info("resuming from %s (step %d)", resume_from, checked.resume_from.step)
+    fit(trainer, module, datamodule, resume_from)
     return trainer
+
+
+def fit(trainer, module, datamodule, ckpt_path: Optional[str]) -> None:
+    """`trainer.fit`, loading checkpoints without unpickling code; a signal's stop becomes `Interrupted`."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from simpletuner_pl.callbacks.signals import GracefulStop
+
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except SIGTERMException:
+        stop = next(c for c in trainer.callbacks if isinstance(c, GracefulStop))
+        signum = stop.received or signal.SIGTERM
+        last = trainer.checkpoint_callback.last_model_path or "the last checkpoint"
+        raise Interrupted(signal.Signals(signum).name, 128 + int(signum), last) from None

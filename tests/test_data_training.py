@@ -72,3 +72,19 @@ def test_resume_continues_the_epoch(mixed, tmp_path, monkeypatch):
     trainer = train(7)
     assert seen[4:] == [(0, 4), (0, 5), (0, 6)], "the resumed run continues the saved epoch, not from its start"
     assert trainer.global_step == 7 and trainer.datamodule.state_dict() == {"epoch": 0, "position": 7}
+
+
+def test_epochs_advance_and_continue_after_a_resume(tmp_path, monkeypatch):
+    """Five images, batch 1: steps 0-4 are epoch 0, steps 5-7 epoch 1 (its own order), across a resume too."""
+    seen = []
+    original = AspectBucketDataModule.on_before_batch_transfer
+    monkeypatch.setattr(AspectBucketDataModule, "on_before_batch_transfer",
+                        lambda self, batch, i: seen.append(batch["_position"]) or original(self, batch, i))
+    args = ("experiment=demo", CPU, "data.datasets.demo.resolution=64", "train.checkpoint_every_n_steps=3",
+            f"data.cache_dir={tmp_path / 'cache'}")
+    run(compose(*args, "train.max_steps=8", f"output_dir={tmp_path / 'straight'}"))
+    assert seen == [(0, p) for p in range(5)] + [(1, p) for p in range(3)]
+    seen.clear()
+    run(compose(*args, "train.max_steps=4", f"output_dir={tmp_path / 'split'}"))
+    run(compose(*args, "train.max_steps=8", f"output_dir={tmp_path / 'split'}"))
+    assert seen == [(0, p) for p in range(5)] + [(1, p) for p in range(3)]

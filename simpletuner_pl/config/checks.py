@@ -28,8 +28,9 @@ def validate(cfg: RunConfig) -> None:
     check_data(cfg.data)
     check_validation(cfg)
     resume = cfg.train.resume
-    if resume not in (None, "latest") and not str(resume).endswith(".ckpt"):
-        raise ConfigError(f"train.resume={resume!r}: use null, 'latest' or the path of a .ckpt file")
+    if resume not in (None, "latest") and not str(resume).endswith(".ckpt") and not str(resume).isdigit():
+        raise ConfigError(f"train.resume={resume!r}: use null, 'latest', a step number (checkpoints/step=N.ckpt) or "
+                          "the path of a .ckpt file (quoted when it has an '=': 'train.resume=\"/run/step=500.ckpt\"')")
 
 
 def check_adapter(cfg: RunConfig) -> None:

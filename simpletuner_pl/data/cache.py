@@ -20,6 +20,7 @@ from simpletuner_pl.data.buckets import Geometry
 from simpletuner_pl.io import atomic_path
 
 SUFFIX = ".safetensors"
+MIN_ENTRY_BYTES = 8  # a safetensors file starts with an 8-byte header length: anything shorter is an emptied entry
 
 
 def latent_key(identity: str, geometry: Geometry, vae_identity: str) -> str:
@@ -43,7 +44,8 @@ class TensorCache:
         return self.root / key[:2] / f"{key}{SUFFIX}"
 
     def keys(self) -> Set[str]:
-        """Every complete entry, from one listing per sub-folder (no per-entry stat)."""
+        """Every complete entry, from one listing per sub-folder; emptied files (a full disk, a killed copy) are not
+        entries, so they are encoded again."""
         found: Set[str] = set()
         if not self.root.is_dir():
             return found
@@ -52,7 +54,8 @@ class TensorCache:
                 if shard.is_dir() and len(shard.name) == 2:
                     with os.scandir(shard.path) as entries:
                         found.update(e.name[: -len(SUFFIX)] for e in entries
-                                     if e.name.endswith(SUFFIX) and not e.name.startswith("."))
+                                     if e.name.endswith(SUFFIX) and not e.name.startswith(".")
+                                     and e.stat().st_size > MIN_ENTRY_BYTES)
         return found
 
     def missing(self, keys: Iterable[str]) -> Set[str]:

@@ -17,7 +17,7 @@ from simpletuner_pl.config.data import DataConfig, DatasetConfig
 from simpletuner_pl.config.schema import TrainConfig
 from simpletuner_pl.data.buckets import Geometry, filter_reason, plan_geometry
 from simpletuner_pl.data.captions import Captions, caption_source
-from simpletuner_pl.data.discovery import IMAGE_EXTENSIONS, Listing, discover
+from simpletuner_pl.data.discovery import IMAGE_EXTENSIONS, Listing, discover, name_problem, printable
 from simpletuner_pl.data.plan import Bucket, BucketPlan, Buckets, EffectiveBatch, plan_buckets
 from simpletuner_pl.errors import DataError
 
@@ -94,8 +94,8 @@ def index_dataset(name: str, ds: DatasetConfig, listing: Listing) -> DatasetInde
     captions_of = caption_source(ds, listing.root, listing.sidecars)
     samples, skipped = [], []
     for info in listing.images:
-        path = str(listing.root / info.rel)
-        reason = info.error or filter_reason(info.width, info.height, ds)
+        path = printable(str(listing.root / info.rel))
+        reason = info.error or name_problem(info.rel) or filter_reason(info.width, info.height, ds)
         captions = () if reason else captions_of(info.rel)
         if not reason and not captions:
             reason = {"textfile": "no caption (no .txt sidecar, or an empty one)",

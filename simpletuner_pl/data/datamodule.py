@@ -50,6 +50,12 @@ class ResumableLoader(DataLoader):
         self.datamodule.load_state_dict(state)
         self.sampler.set_start(*self.datamodule.start)
 
+    def __iter__(self):
+        """Every epoch starts from the batch after the last one trained on: Lightning stops an epoch after
+        `len(loader)` batches without exhausting the sampler, so the sampler cannot count its epochs itself."""
+        self.sampler.set_start(*self.datamodule.start)
+        return super().__iter__()
+
 
 class AspectBucketDataModule(L.LightningDataModule):
     def __init__(self, data: DataConfig, train: TrainConfig, seed: int, catalog: Catalog,

@@ -76,6 +76,16 @@ class BatchDataset(torch.utils.data.Dataset):
         indices = [i if i in pixels else good[n % len(good)] for n, i in enumerate(indices)]
         return indices, normalise(torch.stack([pixels[i] for i in indices]))
 
+    def _text(self, captions: List[str]) -> Dict[str, torch.Tensor]:
+        """Cached text embeddings; an entry that cannot be read (emptied, truncated by a full disk) leaves the
+        batch with its captions only, which the module encodes itself."""
+        try:
+            return pad_text([self.text.cache.load(self.text.keys[c]) for c in captions], self.text.max_length)
+        except Exception as err:  # any damage: fall back, never stop the run
+            log.warning("text cache entry unreadable (%s: %s); encoding this batch's captions instead",
+                        type(err).__name__, err)
+            return {}
+
     def __getitem__(self, request: BatchRequest) -> dict:
         spec = self.specs[request.dataset]
         indices = list(request.indices)
@@ -92,8 +102,7 @@ class BatchDataset(torch.utils.data.Dataset):
         samples = [self.samples[i] for i in indices]
         batch["captions"] = self._captions(samples, spec, request)
         if self.text is not None:
-            entries = [self.text.cache.load(self.text.keys[c]) for c in batch["captions"]]
-            batch.update(pad_text(entries, self.text.max_length))
+            batch.update(self._text(batch["captions"]))
         for name in ("original_size", "crop_top_left", "target_size"):
             batch[name] = torch.tensor([getattr(s.geometry, name) for s in samples], dtype=torch.long)
         return batch

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 
 from simpletuner_pl.io import write_json
 
+log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 CACHE_VERSION = 1
 SWAPS_SIDES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
@@ -44,17 +46,44 @@ class Listing:
     sidecars: Dict[str, str]  # relative .txt path → its text
 
 
+def printable(path: str) -> str:
+    """A path as it can be logged and written to JSON (undecodable bytes of a file name shown as \\xNN)."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def name_problem(rel: str) -> str | None:
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the file name is not valid UTF-8 (rename the file)"
+    return None
+
+
 def scan_tree(root: Path) -> Tuple[Dict[str, Tuple[int, int]], Dict[str, Tuple[int, int]]]:
-    """(images, texts): relative path → (mtime_ns, size), recursively; hidden files and folders are ignored."""
+    """(images, texts): relative path → (mtime_ns, size), recursively; hidden files and folders are ignored.
+    Folder symlinks are followed once: a link back into a folder already walked (a loop) is skipped with a
+    warning, and so is an entry that cannot be read, so a bad link never stops discovery."""
     images: Dict[str, Tuple[int, int]] = {}
     texts: Dict[str, Tuple[int, int]] = {}
     prefix = len(str(root)) + 1
-    stack = [str(root)]
+    stack, seen = [str(root)], set()
     while stack:
-        with os.scandir(stack.pop()) as entries:
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
+        folder = stack.pop()
+        try:
+            info = os.stat(folder)
+            if (info.st_dev, info.st_ino) in seen:
+                log.warning("skipping %s: it links back to a folder already scanned", printable(folder))
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except OSError as err:
+            log.warning("skipping %s: %s", printable(folder), err.strerror or err)
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
                 if entry.is_dir():
                     stack.append(entry.path)
                     continue
@@ -63,6 +92,8 @@ def scan_tree(root: Path) -> Tuple[Dict[str, Tuple[int, int]], Dict[str, Tuple[i
                 if target is not None and entry.is_file():
                     stat = entry.stat()
                     target[entry.path[prefix:].replace(os.sep, "/")] = (stat.st_mtime_ns, stat.st_size)
+            except OSError as err:  # a dangling or looping link, a file removed while listing
+                log.warning("skipping %s: %s", printable(entry.path), err.strerror or err)
     return images, texts
 
 

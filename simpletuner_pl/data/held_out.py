@@ -17,7 +17,7 @@ from simpletuner_pl.config.data import DataConfig, DatasetConfig
 from simpletuner_pl.config.validation import RESOLUTION_MULTIPLE, EvalLossConfig
 from simpletuner_pl.data.buckets import Geometry, centre_square
 from simpletuner_pl.data.captions import caption_from_filename, caption_source
-from simpletuner_pl.data.discovery import IMAGE_EXTENSIONS, discover
+from simpletuner_pl.data.discovery import IMAGE_EXTENSIONS, discover, name_problem
 from simpletuner_pl.errors import DataError
 
 DEFAULT_RESOLUTION = 512
@@ -59,7 +59,7 @@ def discover_held_out(source: HeldOut, cache_root: Path, limit: int) -> List[Hel
     listing = discover(source.root, cache_root, read_sidecars=source.dataset.caption_strategy == "textfile")
     captions_of = caption_source(source.dataset, listing.root, listing.sidecars)
     images = []
-    for info in (i for i in listing.images if i.error is None):
+    for info in (i for i in listing.images if i.error is None and name_problem(i.rel) is None):
         caption = (captions_of(info.rel) or (caption_from_filename(info.rel),))[0]
         images.append(HeldOutImage(str(listing.root / info.rel), caption,
                                    centre_square(info.width, info.height, source.resolution)))

@@ -27,6 +27,8 @@ def quanto_converter(precision: str) -> Converter:
     import optimum.quanto as quanto
     from optimum.quanto.nn import quantize_module
 
+    from simpletuner_pl.quantization.quanto_layers import PEFT_CLASSES
+
     qtype = getattr(quanto, PRECISIONS[precision].quanto_type)
 
     def convert(module: nn.Module) -> Optional[nn.Module]:
@@ -35,6 +37,7 @@ def quanto_converter(precision: str) -> Converter:
         qmodule = quantize_module(module, weights=qtype)
         qmodule.freeze()  # float weight -> QTensor; the float copy is released here
         qmodule.requires_grad_(False)
+        qmodule.__class__ = PEFT_CLASSES[type(qmodule)]  # DoRA can read its weight (quanto_layers)
         return qmodule
 
     return convert
