@@ -278,3 +278,15 @@ def test_validation_keys_set_while_validation_is_off_are_reported(caplog):
 
     validate(typed(*SMALL, "validation.prompt=a cat", "validation.num_inference_steps=4"))
     assert "validation is off, so validation.prompt, validation.num_inference_steps render nothing" in caplog.text
+
+
+def test_slurm_requeue_checkpoints_are_resume_candidates(tmp_path):
+    """Lightning's SLURM auto-requeue saves `hpc_ckpt_N.ckpt` in the run folder; the newest checkpoint wins."""
+    from simpletuner_pl.resume import newest_intact
+
+    out = tmp_path / "run"
+    train(out, "train.max_steps=4", "train.checkpoint_every_n_steps=2")
+    state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    state["global_step"] = 5  # as if the requeue signal came after step 5
+    torch.save(state, out / "hpc_ckpt_1.ckpt")
+    assert newest_intact(out).path == str(out / "hpc_ckpt_1.ckpt")
