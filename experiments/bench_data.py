@@ -8,7 +8,10 @@ Generates N small JPEGs of mixed aspect ratios in a temporary folder, then measu
   * discovery warm: the same call again (metadata cache present) — what a second start costs;
   * latent caching: the tiny Flux VAE encoding `--latents` of the images at 64 px through
     `simpletuner_pl.data.encode.encode_latents` (decode in workers, batched VAE, threaded safetensors writes);
-  * text caching: `--captions` distinct captions through the tiny CLIP/T5 into unpadded safetensors entries.
+  * text caching: `--captions` distinct captions through the tiny CLIP/T5 into safetensors entries, once per
+    `model.t5_padding`: `unmodified` (the default: whole sequences, T5's outputs at the pad tokens included) and
+    `zero` (pad outputs zeroed, so entries are stored trimmed to the real tokens). Real T5-XXL sizes:
+    experiments/t5_cache_size.py.
 "Cold" evicts the files' pages with posix_fadvise(DONTNEED) (no root needed; directory entries stay cached).
 Reference figures from the issue (SimpleTuner 4.10.1, same machine class): floor 1.1 s cold / 0.24 s warm for 10k,
 SimpleTuner discovery 11.6-15.3 s cold / 0.3-1.0 s warm, tiny-VAE latent caching 54 latents/s, text caching of
@@ -109,7 +112,7 @@ def bench_latents(folder: Path, count: int, cache_root: Path, batch_size: int, w
 
 
 def bench_texts(module, count: int, cache_root: Path) -> dict:
-    """`count` distinct captions through the text-embedding cache (unpadded T5 sequences)."""
+    """`count` distinct captions through the text-embedding cache, per `model.t5_padding` mode."""
     from simpletuner_pl.data.cache import TensorCache, text_key
     from simpletuner_pl.data.encode import encode_texts
 
@@ -117,12 +120,18 @@ def bench_texts(module, count: int, cache_root: Path) -> dict:
              "at", "night", "in", "snow"]
     rng = np.random.default_rng(0)
     captions = [" ".join(rng.choice(words, int(rng.integers(4, 16)))) + f" {i}" for i in range(count)]
-    identity = module.cache_identity()["text"]
-    todo = [(text_key(c, identity, module.model_cfg.t5_max_length), c) for c in captions]
-    cache = TensorCache(cache_root / "text")
-    seconds, _ = timed(lambda: encode_texts(module, todo, cache, 128))
-    size = sum(f.stat().st_size for f in cache.root.rglob("*.safetensors"))
-    return dict(captions=count, caption_seconds=seconds, captions_per_s=count / seconds, text_bytes=size)
+    result, configured = dict(captions=count), module.model_cfg.t5_padding
+    for padding in ("unmodified", "zero"):
+        module.model_cfg.t5_padding = padding  # encode_prompts reads it
+        identity = module.cache_identity()["text"]
+        todo = [(text_key(c, identity, module.model_cfg.t5_max_length), c) for c in captions]
+        cache = TensorCache(cache_root / f"text_{padding}")
+        seconds, _ = timed(lambda todo=todo, cache=cache: encode_texts(module, todo, cache, 128))
+        size = sum(f.stat().st_size for f in cache.root.rglob("*.safetensors"))
+        result.update({f"caption_seconds_{padding}": seconds, f"captions_per_s_{padding}": count / seconds,
+                       f"text_bytes_{padding}": size})
+    module.model_cfg.t5_padding = configured
+    return result
 
 
 def main(argv=None) -> dict:
@@ -159,9 +168,11 @@ def main(argv=None) -> dict:
             result.update(lat)
             if args.captions:
                 txt = bench_texts(module, args.captions, Path(tmp) / "cache")
-                print(f"text-embed caching (tiny CLIP/T5, t5_max_length={module.model_cfg.t5_max_length}): "
-                      f"{txt['captions']} captions in {txt['caption_seconds']:.2f} s = {txt['captions_per_s']:.0f}/s, "
-                      f"{txt['text_bytes'] / 1e6:.1f} MB on disk")
+                for padding in ("unmodified", "zero"):
+                    print(f"text-embed caching (tiny CLIP/T5, t5_max_length={module.model_cfg.t5_max_length}, "
+                          f"t5_padding={padding}): {txt['captions']} captions in "
+                          f"{txt[f'caption_seconds_{padding}']:.2f} s = {txt[f'captions_per_s_{padding}']:.0f}/s, "
+                          f"{txt[f'text_bytes_{padding}'] / 1e6:.1f} MB on disk")
                 result.update(txt)
     return result
 

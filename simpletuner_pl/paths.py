@@ -12,6 +12,7 @@ from typing import Dict
 PACKAGE_DIR = Path(__file__).resolve().parent
 ASSETS_DIR = PACKAGE_DIR / "assets"
 DEMO_DATA_DIR = ASSETS_DIR / "demo"
+DEMO_REFERENCES_DIR = ASSETS_DIR / "demo_references"  # greyscale copies: the Kontext demo's reference images
 TINY_TOKENIZER_DIR = ASSETS_DIR / "tiny_tokenizers"
 
 
@@ -26,6 +27,10 @@ def config_dir() -> Path:
 
 def demo_data_dir() -> str:
     return str(DEMO_DATA_DIR)
+
+
+def demo_references_dir() -> str:
+    return str(DEMO_REFERENCES_DIR)
 
 
 def shipped_prompt_libraries() -> Dict[str, Path]:

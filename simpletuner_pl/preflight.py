@@ -64,6 +64,9 @@ def validate(cfg: RunConfig) -> Settings:
             raise ConfigError("adapter.init=loftq needs a CUDA GPU (PEFT's LoftQ quantises with bitsandbytes on "
                               "CUDA); use adapter.init=default|gaussian|pissa|olora on this machine")
     plan = validation_plan(cfg.validation, cfg.seed) if cfg.validation.enabled else None
+    reference = cfg.validation.reference_image
+    if plan is not None and reference and not Path(reference).expanduser().is_file():
+        raise ConfigError(f"validation.reference_image={reference} is not an image file")
     if plan is None:
         warn_unused_validation_keys(cfg.validation)
     held_out = held_out_source(cfg.data, cfg.eval.eval_loss) if cfg.eval.eval_loss.enabled else None
@@ -91,9 +94,8 @@ def check_held_out_apart(cfg: RunConfig, held_out: HeldOut) -> None:
 
 
 def check_model_sources(cfg: RunConfig, spec: FamilySpec) -> None:
-    if not cfg.model.is_builtin_tiny:
-        for source in spec.sources(cfg.model):
-            check_source(source, cfg.model.revision)
+    for source in spec.sources(cfg.model):  # none for the base of a built-in tiny model
+        check_source(source, cfg.model.revision)
     if cfg.eval.clip_score.enabled:
         check_clip_source(cfg.eval.clip_score.model)
     if cfg.validation.enabled and cfg.validation.preview:
@@ -106,7 +108,8 @@ def clean_up_interrupted_writes(cfg: RunConfig) -> None:
     if os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) != "0":
         return
     removed = remove_orphans(cfg.output_dir, 60)
-    caches = {cfg.data.text_cache_dir(), *(cfg.data.vae_cache_dir(name) for name in cfg.data.training())}
+    caches = {cfg.data.text_cache_dir(),
+              *(cfg.data.vae_cache_dir(name) for name in [*cfg.data.training(), *cfg.data.conditioning()])}
     removed += sum(remove_orphans(folder, 3600) for folder in caches)
     if removed:
         log.info("removed %d temporary file(s) left by interrupted writes", removed)

@@ -59,6 +59,8 @@ def check_source(source: Source, revision: Optional[str] = None) -> None:
     local = Path(source.location).expanduser()
     relative = f"{source.subfolder}/{source.filename}" if source.subfolder else source.filename
     if local.is_dir():
+        if not (local / relative).is_file() and relative.endswith(".safetensors"):  # a weights file, not a folder
+            raise ModelSourceError(f"{source.key}: there is no {local / relative} for the {source.what}")
         if not (local / relative).is_file():
             raise ModelSourceError(
                 f"{local} has no {relative}, so it is not a diffusers folder for the {source.what}. Point at a "

@@ -47,3 +47,28 @@ def tiny_sdxl_dir(tmp_path_factory) -> Path:
 def images_dir(tmp_path) -> Path:
     """The bundled photos with filename captions (no sidecars): what a user's folder usually looks like."""
     return copy_demo_images(tmp_path / "images")
+
+
+@pytest.fixture(scope="session")
+def tiny_assistant_lora(tmp_path_factory) -> Path:
+    """A LoRA for the tiny schnell transformer (no guidance embedding) with non-zero weights, written by diffusers'
+    own `FluxPipeline.save_lora_weights`: a stand-in for ostris/FLUX.1-schnell-training-adapter."""
+    import torch
+    from diffusers import FluxPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from simpletuner_pl.models.tiny_flux import build_tiny_flux_components
+
+    transformer = build_tiny_flux_components(guidance_embeds=False)["transformer"]
+    config = LoraConfig(r=2, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"])  # scale 2
+    transformer.add_adapter(config)
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(1)
+        for name, param in transformer.named_parameters():
+            if "lora_" in name:
+                param.normal_(std=0.2)
+    folder = tmp_path_factory.mktemp("assistant")
+    FluxPipeline.save_lora_weights(folder, transformer_lora_layers=get_peft_model_state_dict(transformer),
+                                   transformer_lora_adapter_metadata=config.to_dict())
+    return folder / "pytorch_lora_weights.safetensors"

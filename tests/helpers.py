@@ -86,3 +86,17 @@ def quantise_tiny(cfg, components: dict, family: str = "flux"):
     spec = family_spec(family)
     return load_quantized(lambda streamed: components, denoiser_of(spec, cfg), cfg.quant, torch.float32,
                           torch.device("cpu"))
+
+
+def make_datamodule(cfg, tmp_path: Path, rank: int = 0, world: int = 1):
+    """The datamodule of `cfg` set up as Lightning would on rank `rank` of `world` (no trainer needed)."""
+    from types import SimpleNamespace
+
+    from simpletuner_pl.data.catalog import discover_all
+    from simpletuner_pl.data.datamodule import AspectBucketDataModule
+
+    dm = AspectBucketDataModule(cfg.data, cfg.train, cfg.seed, discover_all(cfg.data, cfg.train, cfg.trainer),
+                                tmp_path / "out")
+    dm.trainer = SimpleNamespace(global_rank=rank, world_size=world, strategy=SimpleNamespace(barrier=lambda: None))
+    dm.setup("fit")
+    return dm

@@ -11,7 +11,7 @@ from helpers import ROOT
 
 PACKAGE = ROOT / "simpletuner_pl"
 MODULES = sorted(p for p in PACKAGE.rglob("*.py"))
-FAMILY_FILES = re.compile(r"models/(registry|family|(tiny_|loading_)?(flux|sdxl)(_spec|_planner)?)\.py$")
+FAMILY_FILES = re.compile(r"models/(registry|family|(tiny_|loading_)?(flux|sdxl)(_spec|_planner|_inputs)?)\.py$")
 
 
 def test_no_import_cycle_anywhere():

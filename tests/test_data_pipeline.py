@@ -3,7 +3,6 @@
 import json
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,11 +12,9 @@ from PIL import Image
 from simpletuner_pl.config import DatasetConfig
 from simpletuner_pl.data.buckets import plan_geometry
 from simpletuner_pl.data.cache import TensorCache
-from simpletuner_pl.data.catalog import discover_all
-from simpletuner_pl.data.datamodule import AspectBucketDataModule
 from simpletuner_pl.data.images import load_pixels
 
-from helpers import CPU, DEMO_DIR, typed
+from helpers import CPU, DEMO_DIR, make_datamodule, typed
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DEMO = DEMO_DIR
@@ -38,7 +35,8 @@ def module(tmp_path_factory):
 def counting(module, monkeypatch):
     calls = []
     original = module.encode_images
-    monkeypatch.setattr(module, "encode_images", lambda pixels: calls.append(len(pixels)) or original(pixels))
+    monkeypatch.setattr(module, "encode_images",
+                        lambda pixels, **kw: calls.append(len(pixels)) or original(pixels, **kw))
     return calls
 
 
@@ -76,12 +74,7 @@ def folder(tmp_path) -> Path:
     return root
 
 
-def datamodule(cfg, tmp_path, rank=0, world=1):
-    dm = AspectBucketDataModule(cfg.data, cfg.train, cfg.seed, discover_all(cfg.data, cfg.train, cfg.trainer),
-                                tmp_path / "out")
-    dm.trainer = SimpleNamespace(global_rank=rank, world_size=world, strategy=SimpleNamespace(barrier=lambda: None))
-    dm.setup("fit")
-    return dm
+datamodule = make_datamodule
 
 
 def test_cache_keys_and_invalidation(folder, tmp_path, module, monkeypatch):
@@ -108,30 +101,58 @@ def test_ranks_cache_disjoint_shards(folder, tmp_path, module, monkeypatch):
     assert 0 < len(first) < 3 and len(vae.keys()) == 3 and sum(calls) == 3
 
 
-def test_batches_carry_cached_latents_and_unpadded_text(folder, tmp_path, module):
+def test_batches_carry_cached_latents_and_the_pipelines_own_text_conditioning(folder, tmp_path, module):
+    """t5_padding=unmodified (the default): the cached sequence is the whole padded one, T5's outputs at the pad
+    tokens included, exactly what FluxPipeline.encode_prompt hands the transformer."""
     cfg = config(folder, tmp_path / "cache", "data.datasets.main.is_regularisation_data=true")
     dm = datamodule(cfg, tmp_path)
     dm.build_caches(module)
     batches = list(dm.train_dataloader())
     assert len(batches) == 3 and {tuple(b["latents"].shape[2:]) for b in batches} == {(8, 8), (8, 16)}
     max_length = cfg.model.t5_max_length
+    pipe = module.validation_pipeline()
     for batch in batches:
         batch = dm.on_after_batch_transfer(dm.on_before_batch_transfer(batch, 0), 0)
         assert "pixel_values" not in batch and batch["latents"].shape[:2] == (1, 16)
         assert batch["dataset_id"] == "main" and batch["is_regularisation"] is True
         h, w = batch["latents"].shape[2:]
         assert batch["target_size"].tolist() == [[h * 8, w * 8]] and batch["crop_top_left"].shape == (1, 2)
-        reference = module.encode_prompts(batch["captions"])
-        length = int(reference["attention_mask"].sum())
+        embeds, pooled, _ = pipe.encode_prompt(batch["captions"], None, max_sequence_length=max_length)
         assert batch["prompt_embeds"].shape == (1, max_length, 32)
-        assert batch["attention_mask"].sum().item() == length
-        torch.testing.assert_close(batch["prompt_embeds"][:, :length], reference["prompt_embeds"][:, :length])
-        assert batch["prompt_embeds"][:, length:].abs().sum() == 0
-        torch.testing.assert_close(batch["pooled_prompt_embeds"], reference["pooled_prompt_embeds"])
+        assert torch.equal(batch["prompt_embeds"], embeds) and torch.equal(batch["pooled_prompt_embeds"], pooled)
+        assert batch["prompt_embeds"][:, -1].abs().sum() > 0  # the pad positions carry T5's outputs
+        tokens = pipe.tokenizer_2(batch["captions"], padding="max_length", max_length=max_length, truncation=True,
+                                  return_tensors="pt")
+        assert torch.equal(batch["attention_mask"], tokens.attention_mask)
         assert torch.isfinite(module.training_loss(batch))
     assert dm.state_dict() == {"epoch": 0, "position": 3}
     report = json.loads((tmp_path / "out" / "data" / "buckets.json").read_text())
     assert report["main"]["buckets"] == {"64x64": 2, "128x64": 1} and report["main"]["skipped"] == []
+
+
+def test_zero_padding_is_stored_trimmed_and_read_back_padded(tmp_path):
+    """t5_padding=zero: the pad outputs are exactly zero, so entries are cut to the real tokens (lossless) and
+    padded with zeros again on read."""
+    from simpletuner_pl.data.cache import TensorCache
+
+    from helpers import copy_demo_images, tiny_flux_module
+
+    folder = copy_demo_images(tmp_path / "images", sidecars=True)
+    model = ("model.t5_padding=zero", "model.t5_max_length=128")  # the demo captions have 85-110 tokens
+    cfg = config(folder, tmp_path / "cache", *model, "data.datasets.main.caption_strategy=textfile")
+    zero_module = tiny_flux_module(*model)
+    dm = datamodule(cfg, tmp_path)
+    dm.build_caches(zero_module)
+    cache = TensorCache(cfg.data.text_cache_dir())
+    entries = [cache.load(key) for key in sorted(cache.keys())]
+    assert entries and all(e["prompt_embeds"].shape[0] == int(e["length"]) for e in entries)
+    assert any(int(e["length"]) < cfg.model.t5_max_length for e in entries)
+    batch = next(iter(dm.train_dataloader()))
+    reference = zero_module.encode_prompts(batch["captions"])
+    assert torch.equal(batch["prompt_embeds"], reference["prompt_embeds"])
+    assert torch.equal(batch["attention_mask"], reference["attention_mask"].cpu())
+    length = int(batch["attention_mask"].sum())
+    assert batch["prompt_embeds"][:, length:].abs().sum() == 0
 
 
 def test_caption_dropout_and_pixels_without_encoders(folder, tmp_path):

@@ -68,6 +68,7 @@ def test_meta_activation_profile_matches_real_saved_tensors(precision):
     from peft import LoraConfig
 
     from simpletuner_pl.config.registries import FLUX_TARGETS, PRECISIONS
+    from simpletuner_pl.config.schema import ModelConfig
     from simpletuner_pl.memory.checkpointing import selected_blocks
     from simpletuner_pl.models.flux_planner import profile_inputs
     from simpletuner_pl.models.registry import family
@@ -94,7 +95,8 @@ def test_meta_activation_profile_matches_real_saved_tensors(precision):
     with torch.device("meta"):
         meta = FluxTransformer2DModel(**MID)
     meta.add_adapter(lora)
-    planned = denoiser_profile(meta, blocks, profile_inputs(meta, side, 1, text, torch.bfloat16), torch.bfloat16,
+    model = ModelConfig(t5_max_length=text)
+    planned = denoiser_profile(meta, blocks, profile_inputs(meta, side, 1, model, torch.bfloat16), torch.bfloat16,
                                keep, cast_copies=True, inputs_saved=PRECISIONS[precision].backend == "quanto")
     for checkpointed in ([], blocks):
         assert planned.kept_bytes(checkpointed) == pytest.approx(measured.kept_bytes(checkpointed), rel=0.05)

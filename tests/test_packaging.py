@@ -34,11 +34,11 @@ def test_installed_wheel_composes_from_its_own_config_tree(wheel, tmp_path):
                    check=True)
     code = ("from simpletuner_pl.config import compose; from simpletuner_pl.paths import config_dir, demo_data_dir; "
             "import os; "
-            "c = compose(['experiment=demo']); print(config_dir()); print(c.model.flavour); "
+            "c = compose(['experiment=demo']); print(config_dir()); print(c.model.tiny); "
             "print(len(os.listdir(demo_data_dir())))")
     env = dict(os.environ, PYTHONPATH=str(target))
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    conf, flavour, n_assets = result.stdout.split()
+    conf, tiny, n_assets = result.stdout.split()
     assert conf == str(target / "simpletuner_pl" / "conf")
-    assert flavour == "tiny" and int(n_assets) >= 10
+    assert tiny == "True" and int(n_assets) >= 10

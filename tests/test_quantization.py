@@ -49,7 +49,7 @@ def runs(tiny_flux_dir, tmp_path_factory):
     for level in LEVELS:
         folder = tmp_path_factory.mktemp(level)
         trainer = run(compose("experiment=demo", f"quant={level}", "train.max_steps=3", f"output_dir={folder}",
-                              CPU, f"model.pretrained_model_name_or_path={tiny_flux_dir}",
+                              CPU, "model.tiny=false", f"model.pretrained_model_name_or_path={tiny_flux_dir}",
                               "train.checkpoint_every_n_steps=3", "data.datasets.demo.resolution=64"))
         out[level] = (trainer, folder)
     return out
@@ -93,8 +93,8 @@ def test_streamed_equals_in_place_and_the_cache_skips_quantisation(tiny_flux_dir
     from simpletuner_pl.quantization import load_denoiser, quantize_model
 
     spec = family("flux")
-    cfg = typed("experiment=demo", "quant=int8", f"model.pretrained_model_name_or_path={tiny_flux_dir}",
-                f"quant.cache_dir={tmp_path}", CPU)
+    cfg = typed("experiment=demo", "quant=int8", "model.tiny=false",
+                f"model.pretrained_model_name_or_path={tiny_flux_dir}", f"quant.cache_dir={tmp_path}", CPU)
     denoiser = denoiser_of(spec, cfg)
 
     def load_quantized_transformer():

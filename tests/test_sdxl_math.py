@@ -210,23 +210,25 @@ def test_diff2flow_loss_matches_independent_computation(module, pipe, prediction
 def test_validation_pipeline_renders_with_the_trained_adapter_and_its_strength(module):
     from types import SimpleNamespace
 
-    validation = SimpleNamespace(guidance=5.0, negative_prompt="blurry")
+    from simpletuner_pl.inference import run
+
+    validation = SimpleNamespace(guidance=5.0, negative_prompt="blurry", num_inference_steps=2)
     pipe = module.validation_pipeline()
     assert pipe.unet is module.unet and type(pipe.scheduler).__name__ == "DDIMScheduler"
     assert pipe.scheduler.config.timestep_spacing == "trailing"
     lora_b = [p for n, p in module.unet.named_parameters() if ".lora_B." in n]
 
     def render(strength):
-        kwargs = module.validation_kwargs(validation, strength)
-        return pipe(prompt="a cat", height=64, width=64, num_inference_steps=2, output_type="pt",
-                    generator=torch.Generator().manual_seed(0), **kwargs).images
+        call = module.validation_call(validation, "a cat", 64, 64, strength)
+        assert call.kwargs["negative_prompt"] == "blurry"
+        return run(pipe, call, 0, output_type="pt")
 
     base = render(1.0)  # B = 0: the adapter is still a no-op
     with torch.no_grad():
         for p in lora_b:
             p.normal_(std=0.5)
     try:
-        assert module.validation_kwargs(validation, 0.5)["cross_attention_kwargs"] == {"scale": 0.5}
+        assert module.validation_call(validation, "a", 64, 64, 0.5).kwargs["cross_attention_kwargs"] == {"scale": 0.5}
         assert (render(1.0) - base).abs().max() > 1e-3
         torch.testing.assert_close(render(0.0), base)
     finally:

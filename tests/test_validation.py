@@ -23,6 +23,7 @@ def validation_args(tmp_path: Path, out: str, *extra: str):
     return ["experiment=demo", "validation=on", "validation.prompt=a photo of chelsea the cat",
             f"validation.prompt_library={library}", "validation.token=sks", "validation.resolutions='64x64,96x48'",
             "validation.num_inference_steps=2", "validation.every_n_steps=2", "validation.guidance_real=2.0",
+            "validation.no_cfg_until_timestep=1",
             "validation.negative_prompt=blurry", "validation.seed=7", "data.datasets.demo.resolution=64",
             f"data.cache_dir={tmp_path / out / 'cache'}", f"output_dir={tmp_path / out}", CPU, *extra]
 
@@ -83,11 +84,12 @@ def test_unsafe_nicknames_cannot_escape_the_step_folder(two_runs, tmp_path):
 def test_model_card_records_what_reproduces_the_validation_images(two_runs):
     first, _ = two_runs
     card = (first / "adapter" / "README.md").read_text()
-    for expected in ("base_model: tiny random-init flux", "flavour `tiny`", "FluxPipeline",
+    for expected in ("base_model: tiny random-init flux", "flavour `krea`", "FluxPipeline",
                      "FlowMatchEulerDiscreteScheduler", '"use_dynamic_shifting": true', "`num_inference_steps` | `2`",
-                     "`guidance_real (true CFG; 1 = off)` | `2.0`", "`negative_prompt` | `blurry`",
+                     "`true_cfg_scale` | `2.0`", "`negative_prompt` | `blurry`", "True CFG starts at step 1",
                      "`seed` | `7 (fresh CPU generator per image)`", "`resolutions` | `64x64,96x48`",
                      "true_cfg_scale=2.0", "negative_prompt='blurry'", "manual_seed(7)", "`adapter.rank` | `4`",
+                     "with delay_true_cfg(pipe, steps=1):",
                      "`optimizer.lr` | `0.001`", "`train.max_steps` | `3`",
                      "| chef_sks | a photo of sks cooking | 0.5 |",
                      "trained steps: 3", "instance_prompt: \"sks\""):

@@ -35,7 +35,10 @@ def batches(images: List[HeldOutImage], device: torch.device) -> Iterator[Batch]
     """One image per batch, like SimpleTuner (eval images need not share an aspect), decoded as training does."""
     for image in images:
         pixels = normalise(load_pixels(image.path, image.geometry).unsqueeze(0))
-        yield {"pixel_values": pixels.to(device), "captions": [image.caption]}
+        batch: Batch = {"pixel_values": pixels.to(device), "captions": [image.caption]}
+        if image.reference is not None:  # Kontext: the reference, cropped like its image
+            batch["reference_pixel_values"] = normalise(load_pixels(image.reference, image.geometry)[None]).to(device)
+        yield batch
 
 
 class EvalLoss(PeriodicRound):

@@ -1,9 +1,11 @@
 """`adapter/README.md`: what the adapter is, how it was trained, and exactly how its validation images were made.
 
 Users most often report that validation images do not match their own inference (SimpleTuner #748: embedded
-guidance vs real CFG). So the card states the pipeline, scheduler (with its shift settings), steps, guidance and
-true-CFG scale, negative prompt, seed and resolutions, gives a diffusers snippet with those arguments, and links the
-step-0 (base model) and final validation images side by side. The full resolved config closes the card.
+guidance vs real CFG). So the card states the pipeline, its scheduler and config, every pipeline argument of
+validation, whether the negative prompt is used, the seed and resolutions, and gives a snippet written from the same
+`InferenceCall` validation rendered (`simpletuner_pl.inference`): run with plain diffusers on this adapter it
+reproduces the validation image. It links the step-0 (base model) and final validation images side by side; the
+full resolved config closes the card.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from omegaconf import OmegaConf
 
 from simpletuner_pl.callbacks.prompts import ValidationPlan
 from simpletuner_pl.config.schema import RunConfig
+from simpletuner_pl.inference import InferenceCall, snippet
 from simpletuner_pl.io import write_text
 
 
@@ -25,34 +28,43 @@ def _rows(pairs: Dict[str, object]) -> List[str]:
     return ["| setting | value |", "|---|---|"] + [f"| `{k}` | `{v}` |" for k, v in pairs.items()]
 
 
-def _snippet(pipeline: str, base: str, kwargs: Dict[str, object], prompt: str, size, seed: int, steps: int) -> str:
-    args = "".join(f"    {k}={v!r},\n" for k, v in kwargs.items())
-    return (f"```python\nimport torch\nfrom diffusers import {pipeline}\n\n"
-            f"pipe = {pipeline}.from_pretrained({base!r}, dtype=torch.bfloat16).to(\"cuda\")\n"
-            f"pipe.load_lora_weights(\"path/to/this/adapter\")\nimage = pipe(\n    prompt={prompt!r},\n"
-            f"    width={size[0]}, height={size[1]},\n    num_inference_steps={steps},\n{args}"
-            f"    generator=torch.Generator(\"cpu\").manual_seed({seed}),\n).images[0]\n```")
+def inference_notes(cfg: RunConfig, call: InferenceCall) -> List[str]:
+    """What inference must do like validation did, beyond plain pipeline arguments."""
+    notes = []
+    if call.masked:
+        notes.append("Trained with T5 attention masking (`model.attention_masked_training`): inference must mask "
+                     "the T5 pad tokens too: the snippet's `masked_t5_attention` gives the transformer the same key "
+                     "mask as training; without it the image changes.")
+    if call.cfg_delay:
+        notes.append(f"True CFG starts at step {call.cfg_delay} (`validation.no_cfg_until_timestep`): before it the "
+                     "guided prediction is the positive one (`delay_true_cfg`).")
+    if call.reference_image:
+        notes.append(f"Kontext edits the reference image `{call.reference_image}`, cropped to the output size "
+                     "(`reference`).")
+    if cfg.model.assistant_lora_path:
+        notes.append(f"Trained on top of the assistant LoRA `{cfg.model.assistant_lora_path}` (frozen, weight 1); "
+                     "this adapter is used alone, without it, as validation did.")
+    return [f"- {note}" for note in notes] + ([""] if notes else [])
 
 
 def _validation_section(cfg: RunConfig, plan: ValidationPlan, module, output_dir: Path) -> List[str]:
-    v = cfg.validation
     pipe = module.validation_pipeline()
-    seed, prompts, sizes = plan.seed, plan.prompts, plan.sizes
-    kwargs = module.validation_kwargs(v)
+    prompt, (width, height) = plan.prompts[0], plan.sizes[0]
+    call = module.validation_call(cfg.validation, prompt.prompt, width, height, prompt.adapter_strength)
     scheduler = {k: val for k, val in dict(pipe.scheduler.config).items() if not k.startswith("_")}
+    arguments = {k: v for k, v in call.kwargs.items() if k not in ("prompt", "width", "height")}
+    negative = call.kwargs.get("negative_prompt",
+                               "(not passed: no classifier-free guidance at these settings)")
     lines = ["## Validation settings (reproduce the images with these)", ""] + _rows({
         "pipeline": type(pipe).__name__, "scheduler": type(pipe.scheduler).__name__,
-        "scheduler shift settings": json.dumps({k: scheduler.get(k) for k in (
-            "shift", "use_dynamic_shifting", "base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len")}),
-        "num_inference_steps": v.num_inference_steps, "guidance (embedded for Flux)": v.guidance,
-        "guidance_real (true CFG; 1 = off)": v.guidance_real,
-        "negative_prompt": v.negative_prompt if v.guidance_real > 1 else "(unused: no true CFG)",
-        "seed": f"{seed} (fresh CPU generator per image)", "resolutions": ",".join(f"{w}x{h}" for w, h in sizes),
-        "pipeline kwargs": json.dumps(kwargs, default=str)}) + ["", "| nickname | prompt | adapter strength |",
-                                                               "|---|---|---|"]
-    lines += [f"| {p.nickname} | {p.prompt} | {p.adapter_strength} |" for p in prompts]
-    lines += ["", _snippet(type(pipe).__name__, cfg.model.pretrained_model_name_or_path or "<base model>",
-                           kwargs, prompts[0].prompt, sizes[0], seed, v.num_inference_steps), ""]
+        "scheduler config": json.dumps(scheduler, sort_keys=True, default=str),
+        **arguments, "negative_prompt": negative, "seed": f"{plan.seed} (fresh CPU generator per image)",
+        "resolutions": ",".join(f"{w}x{h}" for w, h in plan.sizes)})
+    lines += ["", *inference_notes(cfg, call), "| nickname | prompt | adapter strength |", "|---|---|---|"]
+    lines += [f"| {p.nickname} | {p.prompt} | {p.adapter_strength} |" for p in plan.prompts]
+    adapter_dir = str((output_dir / "adapter").resolve())
+    lines += ["", f"The first image ({prompt.nickname}, {width}x{height}) with plain diffusers:", "",
+              snippet(module.pipeline_loading_code(adapter_dir), call, plan.seed), ""]
     steps = sorted(int(p.name.split("_")[1]) for p in (output_dir / "validation").glob("step_*") if p.is_dir())
     if steps:
         first, last = steps[0], steps[-1]

@@ -4,7 +4,8 @@ A round runs at step 0 (the untrained adapter: the base-model benchmark), every 
 once more at the end of training, on global rank 0 only; the other ranks wait at a barrier. Inside a round the
 module is in eval mode under `no_grad` and the trainer's precision context, and every random generator (Python,
 NumPy, torch CPU and accelerator) is restored afterwards, so enabling a round never changes the training sequence.
-Encoders parked on the CPU after caching are brought to the training device for the round and parked again.
+Encoders parked on the CPU after caching are brought to the training device for the round and parked again, and
+only the adapters inference uses are active (`module.inference_adapters()`: schnell's assistant LoRA is off).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ class PeriodicRound(L.Callback):
             return
         self.last_step = step
         if trainer.is_global_zero:
-            with isolated(trainer, module), components_on(module, module.device):
+            with isolated(trainer, module), components_on(module, module.device), module.inference_adapters():
                 self.run_round(trainer, module, step)
         trainer.strategy.barrier(type(self).__name__)
 

@@ -2,8 +2,10 @@
 
 The images come from the family's own diffusers pipeline built over the module's components
 (`module.validation_pipeline()`): the adapter-carrying, possibly quantised transformer that is being trained, with
-no second copy in memory. A fresh CPU generator seeded with `validation.seed` per image makes the initial noise
-identical across steps (and devices), so differences between rounds are the adapter's doing.
+no second copy in memory. Each image is one `InferenceCall` (`module.validation_call`), the same record the model
+card turns into its snippet, so the snippet reproduces the image. A fresh CPU generator seeded with
+`validation.seed` per image makes the initial noise identical across steps (and devices), so differences between
+rounds are the adapter's doing.
 Files: `validation/step_N/<nickname>-<W>x<H>.png` plus `grid.png`; callbacks that define
 `on_validation_images(trainer, module, step, samples)` (the CLIP score) receive the images of each round.
 """
@@ -16,13 +18,13 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import lightning as L
-import torch
 
 from simpletuner_pl.callbacks.image_log import log_grid, make_grid, rows_by_prompt
 from simpletuner_pl.callbacks.previews import PreviewWebhook
 from simpletuner_pl.callbacks.prompts import ValidationPlan
 from simpletuner_pl.callbacks.rounds import PeriodicRound, log_metrics
 from simpletuner_pl.config.validation import ValidationConfig
+from simpletuner_pl.inference import run
 from simpletuner_pl.io import save_image
 
 log = logging.getLogger(__name__)
@@ -46,18 +48,17 @@ class ValidationImages(PeriodicRound):
     def render(self, module: L.LightningModule, step: int) -> List[Dict[str, object]]:
         pipe = module.validation_pipeline()
         pipe.set_progress_bar_config(disable=True)
-        steps = self.cfg.num_inference_steps
         samples = []
         for prompt in self.plan.prompts:
-            kwargs = module.validation_kwargs(self.cfg, prompt.adapter_strength)
             for width, height in self.plan.sizes:
+                call = module.validation_call(self.cfg, prompt.prompt, width, height, prompt.adapter_strength)
+                extra = {}
                 if self.preview is not None:
                     info = {"global_step": step, "nickname": prompt.nickname, "prompt": prompt.prompt}
-                    kwargs["callback_on_step_end"] = self.preview.step_callback(module, info, width, height, steps)
-                image = pipe(prompt=prompt.prompt, width=width, height=height, num_inference_steps=steps,
-                             generator=torch.Generator("cpu").manual_seed(self.plan.seed), **kwargs).images[0]
+                    extra["callback_on_step_end"] = self.preview.step_callback(
+                        module, info, width, height, self.cfg.num_inference_steps)
                 samples.append({"nickname": prompt.nickname, "prompt": prompt.prompt, "width": width,
-                                "height": height, "image": image})
+                                "height": height, "image": run(pipe, call, self.plan.seed, **extra)})
         return samples
 
     def run_round(self, trainer: L.Trainer, module: L.LightningModule, step: int) -> None:

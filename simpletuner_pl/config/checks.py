@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from simpletuner_pl.config.data import DataConfig, DatasetConfig
 from simpletuner_pl.config.fields import check_fields
+from simpletuner_pl.config.pairing import check_conditioning
 from simpletuner_pl.config.registries import ATTENTION_BACKENDS, OPTIMIZERS, PRECISIONS, REWRITES_BASE
 from simpletuner_pl.config.schema import RunConfig
 from simpletuner_pl.config.validation import RESOLUTION_MULTIPLE, parse_resolutions
@@ -100,8 +101,27 @@ def check_optimizer(cfg: RunConfig) -> None:
                           "optimizer.lr_scheduler=constant and optimizer.warmup_steps=0 (optimizer=prodigy sets both)")
 
 
+def check_tiny(cfg: RunConfig) -> None:
+    model = cfg.model
+    if model.pretrained_model_name_or_path:
+        raise ConfigError(f"model.tiny=true builds a random-init model in code and reads no folder; set "
+                          f"model.pretrained_model_name_or_path=null, or model.tiny=false to load "
+                          f"{model.pretrained_model_name_or_path}")
+    overrides = [f"model.{key}" for key in ("pretrained_transformer_model_name_or_path",
+                                            "pretrained_vae_model_name_or_path", "pretrained_unet_model_name_or_path")
+                 if getattr(model, key)]
+    if overrides:
+        raise ConfigError(f"model.tiny=true builds every component in code, so {', '.join(overrides)} would do "
+                          "nothing; set them to null")
+
+
 def check_schedule(cfg: RunConfig) -> None:
-    train = cfg.train
+    train, model = cfg.train, cfg.model
+    if model.tiny:
+        check_tiny(cfg)
+    if model.guidance_mode == "random-range" and model.guidance_min > model.guidance_max:
+        raise ConfigError(f"model.guidance_min={model.guidance_min:g} is above model.guidance_max="
+                          f"{model.guidance_max:g}")
     if train.flow_schedule_auto_shift and train.flow_schedule_shift is not None:
         raise ConfigError("train.flow_schedule_auto_shift=true computes the shift from the resolution; "
                           "unset train.flow_schedule_shift (null) or turn auto-shift off.")
@@ -117,6 +137,7 @@ def check_data(data: DataConfig) -> None:
                           "data.datasets.<id>.probability > 0")
     for name, ds in data.enabled().items():
         check_dataset(f"data.datasets.{name}", ds)
+    check_conditioning(data)
 
 
 def check_dataset(key: str, ds: DatasetConfig) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import List, Optional
 
-from simpletuner_pl.paths import config_dir, demo_data_dir
+from simpletuner_pl.paths import config_dir, demo_data_dir, demo_references_dir
 
 
 def register() -> None:
-    """Make `RunConfig` the schema of `conf/train.yaml` and add the `${demo_data_dir:}` resolver."""
+    """Make `RunConfig` the schema of `conf/train.yaml` and add the `${demo_data_dir:}` and
+    `${demo_references_dir:}` resolvers."""
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
@@ -16,6 +17,7 @@ def register() -> None:
 
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
     OmegaConf.register_new_resolver("demo_data_dir", demo_data_dir, replace=True)
+    OmegaConf.register_new_resolver("demo_references_dir", demo_references_dir, replace=True)
 
 
 def compose(overrides: Optional[List[str]] = None):

@@ -32,7 +32,10 @@ class ParquetConfig:
 @dataclass
 class DatasetConfig:
     type: str = choice("local", "local")
-    dataset_type: str = choice("image", "image", "eval")  # eval: held out for the eval loss, never trained on
+    # eval: held out for the eval loss, never trained on; conditioning: paired with an image dataset (conditioning_data)
+    dataset_type: str = choice("image", "image", "eval", "conditioning")
+    conditioning_data: Optional[str] = None  # image datasets: id of the conditioning dataset paired by relative path
+    conditioning_type: Optional[str] = choice(None, None, "reference_strict")  # conditioning datasets: its use
     instance_data_dir: Optional[str] = None
     huggingface_dataset: Optional[str] = None  # hub dataset this folder downloads from: named when it is missing
     caption_strategy: str = choice("filename", *CAPTION_STRATEGIES)
@@ -87,6 +90,10 @@ class DataConfig:
     def training(self) -> Dict[str, DatasetConfig]:
         """The enabled datasets that are trained on (`dataset_type: eval` ones are held out)."""
         return {name: ds for name, ds in self.enabled().items() if ds.dataset_type == "image"}
+
+    def conditioning(self) -> Dict[str, DatasetConfig]:
+        """The enabled `dataset_type: conditioning` datasets (paired with image datasets, never trained on alone)."""
+        return {name: ds for name, ds in self.enabled().items() if ds.dataset_type == "conditioning"}
 
     def held_out(self) -> Dict[str, DatasetConfig]:
         """The enabled `dataset_type: eval` datasets (the eval loss's images)."""

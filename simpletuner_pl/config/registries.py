@@ -60,13 +60,15 @@ OPTIMIZERS: Dict[str, Optimizer] = {
 class AttentionBackend:
     dispatcher: str  # diffusers' attention-dispatcher name
     trains: bool = True  # has a backward pass
+    masks: bool = True  # takes an attention mask (model.attention_masked_training)
 
 
 ATTENTION_BACKENDS: Dict[str, AttentionBackend] = {
-    "sdpa": AttentionBackend("native"), "flash": AttentionBackend("flash"),
+    "sdpa": AttentionBackend("native"), "flash": AttentionBackend("flash", masks=False),
     "flash_varlen": AttentionBackend("flash_varlen"), "flex": AttentionBackend("flex"),
-    "xformers": AttentionBackend("xformers"), "sage": AttentionBackend("sage", trains=False),
-    "native_flash": AttentionBackend("_native_flash"), "native_efficient": AttentionBackend("_native_efficient"),
+    "xformers": AttentionBackend("xformers"), "sage": AttentionBackend("sage", trains=False, masks=False),
+    "native_flash": AttentionBackend("_native_flash", masks=False),
+    "native_efficient": AttentionBackend("_native_efficient"),
     "native_cudnn": AttentionBackend("_native_cudnn"), "native_math": AttentionBackend("_native_math"),
 }
 

@@ -33,6 +33,7 @@ class ModelConfig:
 
     family: str = "flux"  # a registered family: simpletuner_pl.models.registry.FAMILIES
     flavour: str = "krea"  # one of the family's flavours
+    tiny: bool = False  # the family's tiny random-init model (tests, the demo), built for the flavour
     pretrained_model_name_or_path: Optional[str] = "black-forest-labs/FLUX.1-Krea-dev"
     pretrained_transformer_model_name_or_path: Optional[str] = None
     pretrained_transformer_subfolder: Optional[str] = "transformer"
@@ -43,13 +44,19 @@ class ModelConfig:
     prediction_type: Optional[str] = choice(None, None, "epsilon", "v_prediction")  # SDXL; null = scheduler config
     revision: Optional[str] = None
     guidance_value: float = at_least(1.0, 0.0)
+    guidance_mode: str = choice("constant", "constant", "random-range")  # random-range: U(guidance_min, _max)
+    guidance_min: float = at_least(0.0, 0.0)
+    guidance_max: float = at_least(4.0, 0.0)
     t5_max_length: int = at_least(512, 1)
+    t5_padding: str = choice("unmodified", "unmodified", "zero")  # zero: T5 outputs at pad tokens set to 0
+    attention_masked_training: bool = False  # pad tokens of the T5 sequence are masked out of the joint attention
+    assistant_lora_path: Optional[str] = None  # schnell: a frozen LoRA stacked during training, removed after
     attention_backend: str = choice("sdpa", *ATTENTION_BACKENDS)  # diffusers' attention dispatcher
 
     @property
     def is_builtin_tiny(self) -> bool:
-        """The random-init tiny model built in code (no folder to read)."""
-        return self.flavour == "tiny" and not self.pretrained_model_name_or_path
+        """The random-init tiny model built in code (no folder to read; checks refuse a path with it)."""
+        return self.tiny
 
 
 @dataclass

@@ -27,6 +27,8 @@ class ValidationConfig:
     resolutions: Any = "1024x1024"
     guidance: float = at_least(4.0, 0.0)  # Flux: the embedded (distilled) guidance value; SDXL: CFG scale
     guidance_real: float = at_least(1.0, 1.0, hint="1 = no true CFG")  # Flux true CFG with the negative prompt
+    no_cfg_until_timestep: int = at_least(2, 0)  # Flux true CFG starts at this step index (SimpleTuner's default)
+    reference_image: Optional[str] = None  # Kontext: the input image every validation prompt edits
     negative_prompt: Optional[str] = "blurry, cropped, ugly"
     num_inference_steps: int = at_least(20, 1)  # the Flux quickstart's advice: ~20 is enough to judge
     every_n_steps: int = at_least(100, 1)

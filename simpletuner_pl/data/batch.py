@@ -20,9 +20,11 @@ class Batch(TypedDict, total=False):
     captions: List[str]
     latents: torch.Tensor  # [B, C, h, w], scaled (and shifted) VAE latents
     pixel_values: torch.Tensor  # [B, 3, H, W] in [-1, 1]
+    reference_latents: torch.Tensor  # [B, C, h, w] FLUX.1 Kontext: the reference images' latents (posterior mode)
+    reference_pixel_values: torch.Tensor  # [B, 3, H, W] the same, not cached: encoded by the module
     prompt_embeds: torch.Tensor  # [B, L, D]
     pooled_prompt_embeds: torch.Tensor  # [B, D']
-    attention_mask: torch.Tensor  # [B, L], 1 = a real token
+    attention_mask: torch.Tensor  # [B, L], 1 = a real token (T5 pad tokens are 0)
     original_size: torch.Tensor  # [B, 2] (h, w), upright, before resizing
     crop_top_left: torch.Tensor  # [B, 2] (top, left) in the resized image
     target_size: torch.Tensor  # [B, 2] (h, w) of the bucket

@@ -70,14 +70,14 @@ class TensorCache:
 
 
 def pad_text(entries: list, max_length: int) -> Dict[str, torch.Tensor]:
-    """Stack unpadded T5 sequences [L_i, D] into [B, max_length, D] (zeros after each sequence) with the
-    matching attention mask, and the pooled CLIP vectors into [B, D]."""
+    """Stack cached sequences into [B, max_length, D] (a trimmed one gets zeros after its tokens, which is what it
+    held) with the attention mask of each one's real `length`, and the pooled vectors into [B, D]."""
     first = entries[0]["prompt_embeds"]
     embeds = first.new_zeros((len(entries), max_length, first.shape[-1]))
     mask = torch.zeros((len(entries), max_length), dtype=torch.long)
     for i, entry in enumerate(entries):
         sequence = entry["prompt_embeds"][:max_length]
         embeds[i, : len(sequence)] = sequence
-        mask[i, : len(sequence)] = 1
+        mask[i, : min(max_length, int(entry["length"]))] = 1
     pooled = torch.stack([entry["pooled_prompt_embeds"] for entry in entries])
     return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "attention_mask": mask}

@@ -27,7 +27,7 @@ class Encoders(Protocol):
 
     text_encoder_names: Tuple[str, ...]
 
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor: ...
+    def encode_images(self, pixel_values: torch.Tensor, mode: bool = False) -> torch.Tensor: ...
 
     def encode_prompts(self, prompts: List[str]) -> Dict[str, torch.Tensor]: ...
 
@@ -41,8 +41,10 @@ class BuildCaches(L.Callback):
         trainer.datamodule.build_caches(pl_module)
 
 
-def fill_latents(data: DataConfig, jobs: Dict[str, Sequence[Job]], encoders: Encoders) -> Dict[str, str]:
-    """Encode the jobs missing from each dataset's VAE cache; returns path → reason for images that failed."""
+def fill_latents(data: DataConfig, jobs: Dict[str, Sequence[Job]], encoders: Encoders,
+                 mode: bool = False) -> Dict[str, str]:
+    """Encode the jobs missing from each dataset's VAE cache (`mode`: the posterior mode, for reference images);
+    returns path → reason for images that failed."""
     failures: Dict[str, str] = {}
     for name, dataset_jobs in jobs.items():
         cache = TensorCache(data.vae_cache_dir(name))
@@ -50,7 +52,7 @@ def fill_latents(data: DataConfig, jobs: Dict[str, Sequence[Job]], encoders: Enc
         todo = [job for job in dataset_jobs if job[0] not in have]
         if todo:
             log.info("dataset %s: encoding %d latents into %s", name, len(todo), cache.root)
-        failures.update(encode_latents(encoders, todo, cache, data.vae_batch_size, data.num_workers))
+        failures.update(encode_latents(encoders, todo, cache, data.vae_batch_size, data.num_workers, mode))
     return failures
 
 
@@ -64,7 +66,11 @@ def fill_texts(data: DataConfig, captions: Iterable[str], encoders: Encoders, te
     todo = [(k, c) for c, k in keys.items() if k not in have]
     if todo:
         log.info("encoding %d captions into %s", len(todo), cache.root)
-    encode_texts(encoders, todo, cache, data.text_embeds.write_batch_size)
+    stats = encode_texts(encoders, todo, cache, data.text_embeds.write_batch_size)
+    if stats.captions:
+        log.info("text cache: %d captions, %.2f MiB each; longest %d of %d tokens%s", stats.captions,
+                 stats.bytes / stats.captions / 2**20, stats.longest, max_length,
+                 f"; {stats.filled} fill all {max_length} (truncated, or exactly that long)" if stats.filled else "")
     return TextSource(cache, keys, max_length)
 
 

@@ -19,6 +19,7 @@ from simpletuner_pl.data.buckets import Geometry, filter_reason, plan_geometry
 from simpletuner_pl.data.captions import Captions, caption_source
 from simpletuner_pl.data.discovery import IMAGE_EXTENSIONS, Listing, discover, name_problem, printable
 from simpletuner_pl.data.plan import Bucket, BucketPlan, Buckets, EffectiveBatch, plan_buckets
+from simpletuner_pl.data.references import pair_references
 from simpletuner_pl.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,8 @@ class Sample:
     identity: str  # path|mtime_ns|size: what a cached latent of this file is keyed on
     captions: Captions
     geometry: Geometry
+    reference: Optional[str] = None  # FLUX.1 Kontext: the paired reference image (absolute), cropped like this one
+    reference_identity: Optional[str] = None  # path|mtime_ns|size of the reference
 
 
 @dataclass
@@ -92,7 +95,7 @@ def expected_world_size(trainer: Mapping[str, object]) -> int:
 
 def index_dataset(name: str, ds: DatasetConfig, listing: Listing) -> DatasetIndex:
     captions_of = caption_source(ds, listing.root, listing.sidecars)
-    samples, skipped = [], []
+    samples, skipped, infos = [], [], {}
     for info in listing.images:
         path = printable(str(listing.root / info.rel))
         reason = info.error or name_problem(info.rel) or filter_reason(info.width, info.height, ds)
@@ -107,7 +110,8 @@ def index_dataset(name: str, ds: DatasetConfig, listing: Listing) -> DatasetInde
         identity = f"{path}|{info.mtime_ns}|{info.size}"
         geometry = plan_geometry(info.width, info.height, ds, identity)  # not the run seed: latents stay cached
         samples.append(Sample(name, path, identity, captions, geometry))
-    return DatasetIndex(name, ds, listing.root, samples, skipped)
+        infos[path] = info
+    return DatasetIndex(name, ds, listing.root, samples, skipped), infos
 
 
 def _check_folder(name: str, ds: DatasetConfig) -> Path:
@@ -134,11 +138,21 @@ def _report_skipped(name: str, index: DatasetIndex, total: int) -> None:
         hints = {"too small": f"lower data.datasets.{name}.minimum_image_size (now {ds.minimum_image_size or 0:g}, in "
                               f"{ds.resolution_type} units)",
                  "aspect out of range": f"widen data.datasets.{name}.minimum_aspect_ratio/maximum_aspect_ratio",
-                 "no caption": f"check data.datasets.{name}.caption_strategy={ds.caption_strategy} and the captions"}
-        fixes = "; ".join(hints[r] for r in reasons if r in hints)
+                 "no caption": f"check data.datasets.{name}.caption_strategy={ds.caption_strategy} and the captions",
+                 "no reference image": f"put each image's reference under the same relative path in "
+                                       f"data.datasets.{ds.conditioning_data}.instance_data_dir"}
+        fixes = "; ".join(fix for prefix, fix in hints.items() if any(r.startswith(prefix) for r in reasons))
         raise DataError(f"no images detected in dataset {name}: all {total} image files under {index.root} were "
                         f"filtered out ({summary}); e.g. {index.skipped[0]['path']}: {index.skipped[0]['reason']}"
                         + (f". To keep them: {fixes}" if fixes else ""))
+
+
+def pair(index: DatasetIndex, infos: Dict[str, object], data: DataConfig, conditioning: str) -> None:
+    """Every sample of `index` with its reference image from dataset `conditioning`, or skipped with the reason."""
+    setting = f"data.datasets.{conditioning}.instance_data_dir"
+    root = _check_folder(conditioning, data.datasets[conditioning]).resolve()
+    index.samples, skipped = pair_references(index.samples, infos, discover(root, data.cache_root(), False), setting)
+    index.skipped += skipped
 
 
 def discover_all(data: DataConfig, train: TrainConfig, trainer: Mapping[str, object]) -> Catalog:
@@ -153,7 +167,9 @@ def discover_all(data: DataConfig, train: TrainConfig, trainer: Mapping[str, obj
         if not listing.images:
             raise DataError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found under {key[0]} "
                             f"(data.datasets.{name}.instance_data_dir)")
-        datasets[name] = index_dataset(name, ds, listing)
+        datasets[name], infos = index_dataset(name, ds, listing)
+        if ds.conditioning_data is not None:
+            pair(datasets[name], infos, data, ds.conditioning_data)
         _report_skipped(name, datasets[name], len(listing.images))
     catalog = Catalog(datasets, None)
     catalog.plan = catalog.replan(EffectiveBatch.of(train, expected_world_size(trainer)))

@@ -85,8 +85,13 @@ class AspectBucketDataModule(L.LightningDataModule):
             weighted.append(WeightedDataset([[offset + i for i in members] for members in kept],
                                             index.config.repeats, index.config.probability))
         self.sampler = BucketBatchSampler(weighted, self.train_cfg.batch_size, self.seed, rank, world)
-        self.latent_keys = [None if self.vae_identity is None or self.data.datasets[s.dataset_id].vae_cache_disable
-                            else latent_key(s.identity, s.geometry, self.vae_identity) for s in self.samples]
+        cached = [self.vae_identity is not None and not self.data.datasets[s.dataset_id].vae_cache_disable
+                  for s in self.samples]
+        self.latent_keys = [latent_key(s.identity, s.geometry, self.vae_identity) if keep else None
+                            for s, keep in zip(self.samples, cached)]
+        # Reference latents are the posterior mode (as FluxKontextPipeline encodes its input image): their own key.
+        self.reference_keys = [latent_key(s.reference_identity, s.geometry, f"{self.vae_identity}|mode")
+                               if keep and s.reference else None for s, keep in zip(self.samples, cached)]
 
     def replan(self) -> None:
         self.plan = self.catalog.replan(EffectiveBatch.of(self.train_cfg, self.rank_and_world()[1]))
@@ -112,6 +117,18 @@ class AspectBucketDataModule(L.LightningDataModule):
                               for i in self.my_samples(d)]
         return jobs
 
+    def reference_jobs(self) -> Dict[str, List[Job]]:
+        """Per conditioning dataset: (key, reference path, its target's geometry) of this rank's samples, always
+        cached up front (unless the target dataset's `vae_cache_disable`)."""
+        jobs: Dict[str, List[Job]] = {}
+        for d, index in enumerate(self.catalog.datasets.values()):
+            conditioning = index.config.conditioning_data
+            if conditioning is not None and not index.config.vae_cache_disable:
+                jobs.setdefault(conditioning, []).extend(
+                    (self.reference_keys[i], self.samples[i].reference, self.samples[i].geometry)
+                    for i in self.my_samples(d))
+        return jobs
+
     def my_captions(self) -> List[str]:
         captions = [c for d in range(len(self.sampler.shards)) for i in self.my_samples(d)
                     for c in self.samples[i].captions]
@@ -124,7 +141,8 @@ class AspectBucketDataModule(L.LightningDataModule):
         identity = encoders.cache_identity()
         self.encoders, self.vae_identity = encoders, identity["vae"]
         self.lay_out()  # latent keys now carry the VAE's identity
-        while failures := gather_failures(fill_latents(self.data, self.latent_jobs(), encoders)):
+        while failures := gather_failures({**fill_latents(self.data, self.latent_jobs(), encoders),
+                                           **fill_latents(self.data, self.reference_jobs(), encoders, mode=True)}):
             self.drop(failures)
             self.replan()
         self.text = fill_texts(self.data, self.my_captions(), encoders, identity["text"])
@@ -136,10 +154,12 @@ class AspectBucketDataModule(L.LightningDataModule):
 
     def drop(self, failures: Dict[str, str]) -> None:
         for name, index in self.catalog.items():
-            for sample in (s for s in index.samples if s.path in failures):
-                log.warning("dataset %s: skipping %s: %s", name, sample.path, failures[sample.path])
-                index.skipped.append({"path": sample.path, "reason": failures[sample.path]})
-            index.samples = [s for s in index.samples if s.path not in failures]
+            failed = {s.path: failures.get(s.path) or f"reference {s.reference}: {failures[s.reference]}"
+                      for s in index.samples if s.path in failures or s.reference in failures}
+            for path, reason in failed.items():
+                log.warning("dataset %s: skipping %s: %s", name, path, reason)
+                index.skipped.append({"path": path, "reason": reason})
+            index.samples = [s for s in index.samples if s.path not in failed]
 
     def write_report(self) -> None:
         if self.rank_and_world()[0] == 0:
@@ -147,13 +167,19 @@ class AspectBucketDataModule(L.LightningDataModule):
             write_json(self.output_dir / "data" / "buckets.json", report)
 
     # ---- batches --------------------------------------------------------------------------------------------
+    def dataset_spec(self, name: str, ds) -> DatasetSpec:
+        def cache(folder: Optional[str]) -> Optional[TensorCache]:
+            if folder is None or self.vae_identity is None or ds.vae_cache_disable:
+                return None
+            return TensorCache(self.data.vae_cache_dir(folder))
+
+        return DatasetSpec(name, ds.is_regularisation_data, ds.caption_dropout_probability, cache(name),
+                           cache(ds.conditioning_data))
+
     def train_dataloader(self) -> DataLoader:
-        specs = [DatasetSpec(name, index.config.is_regularisation_data, index.config.caption_dropout_probability,
-                             None if self.vae_identity is None or index.config.vae_cache_disable
-                             else TensorCache(self.data.vae_cache_dir(name)))
-                 for name, index in self.catalog.items()]
+        specs = [self.dataset_spec(name, index.config) for name, index in self.catalog.items()]
         self.sampler.set_start(*self.start)
-        dataset = BatchDataset(self.samples, specs, self.latent_keys, self.text, self.seed)
+        dataset = BatchDataset(self.samples, specs, self.latent_keys, self.text, self.seed, self.reference_keys)
         workers = self.data.num_workers
         return ResumableLoader(dataset, batch_size=None, sampler=self.sampler, num_workers=workers,
                                collate_fn=no_collate, pin_memory=torch.cuda.is_available(),

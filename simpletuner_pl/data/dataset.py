@@ -31,6 +31,7 @@ class DatasetSpec:
     is_regularisation: bool
     caption_dropout: float
     latents: Optional[TensorCache]  # None: always pixels (vae_cache_disable, or no encoder attached yet)
+    references: Optional[TensorCache] = None  # the reference latents of its conditioning dataset (Kontext)
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,9 @@ class TextSource:
 
 class BatchDataset(torch.utils.data.Dataset):
     def __init__(self, samples: List[Sample], specs: List[DatasetSpec], latent_keys: List[Optional[str]],
-                 text: Optional[TextSource], seed: int):
+                 text: Optional[TextSource], seed: int, reference_keys: Optional[List[Optional[str]]] = None):
         self.samples, self.specs, self.latent_keys, self.text, self.seed = samples, specs, latent_keys, text, seed
+        self.reference_keys = reference_keys or [None] * len(samples)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -53,28 +55,35 @@ class BatchDataset(torch.utils.data.Dataset):
         chosen = [s.captions[int(rng.integers(len(s.captions)))] for s in samples]
         return ["" if rng.random() < spec.caption_dropout else c for c in chosen]
 
-    def _cached_latents(self, keys: List[Optional[str]], spec: DatasetSpec) -> Optional[torch.Tensor]:
-        if spec.latents is None or None in keys:
+    @staticmethod
+    def _cached(keys: List[Optional[str]], cache: Optional[TensorCache]) -> Optional[List[torch.Tensor]]:
+        if cache is None or None in keys:
             return None
         try:
-            return torch.stack([spec.latents.load(key)["latents"] for key in keys])
+            return [cache.load(key)["latents"] for key in keys]
         except Exception:  # missing or unreadable entry: encode again (on demand) and overwrite it
             return None
 
-    def _pixels(self, indices: List[int]) -> tuple:
-        """Decode the batch; an image that fails is replaced by another of the same batch (same bucket)."""
+    def _decode(self, indices: List[int], targets: bool, references: bool) -> tuple:
+        """Decode the batch's images and/or references; a sample that fails is replaced by another of the same
+        batch (same bucket). Returns (indices, {index: target pixels}, {index: reference pixels})."""
         pixels: Dict[int, torch.Tensor] = {}
-        for i in indices:
-            if i not in pixels:
-                try:
-                    pixels[i] = load_pixels(self.samples[i].path, self.samples[i].geometry)
-                except Exception as err:
-                    log.warning("skipping %s in this batch: cannot decode (%s)", self.samples[i].path, err)
-        if not pixels:
+        reference_pixels: Dict[int, torch.Tensor] = {}
+        for i in dict.fromkeys(indices):
+            sample = self.samples[i]
+            try:
+                if targets:
+                    pixels[i] = load_pixels(sample.path, sample.geometry)
+                if references:
+                    reference_pixels[i] = load_pixels(sample.reference, sample.geometry)
+            except Exception as err:
+                pixels.pop(i, None)
+                log.warning("skipping %s in this batch: cannot decode (%s)", sample.path, err)
+        good = [i for i in dict.fromkeys(indices) if (i in pixels or not targets)
+                and (i in reference_pixels or not references)]
+        if not good:
             raise DataError(f"no image of a batch could be decoded: {[self.samples[i].path for i in indices]}")
-        good = list(pixels)
-        indices = [i if i in pixels else good[n % len(good)] for n, i in enumerate(indices)]
-        return indices, normalise(torch.stack([pixels[i] for i in indices]))
+        return [i if i in good else good[n % len(good)] for n, i in enumerate(indices)], pixels, reference_pixels
 
     def _text(self, captions: List[str]) -> Dict[str, torch.Tensor]:
         """Cached text embeddings; an entry that cannot be read (emptied, truncated by a full disk) leaves the
@@ -91,14 +100,25 @@ class BatchDataset(torch.utils.data.Dataset):
         indices = list(request.indices)
         batch: Dict[str, object] = {"dataset_id": spec.id, "is_regularisation": spec.is_regularisation,
                                     "_position": (request.epoch, request.position)}
-        latents = self._cached_latents([self.latent_keys[i] for i in indices], spec)
-        if latents is not None:
-            batch["latents"] = latents
+        with_reference = self.samples[indices[0]].reference is not None
+        cached = dict(zip(indices, self._cached([self.latent_keys[i] for i in indices], spec.latents) or []))
+        cached_references = dict(zip(indices, self._cached([self.reference_keys[i] for i in indices],
+                                                           spec.references) or [])) if with_reference else {}
+        targets, references = not cached, with_reference and not cached_references
+        pixels, reference_pixels = {}, {}
+        if targets or references:
+            indices, pixels, reference_pixels = self._decode(indices, targets, references)
+        if cached:
+            batch["latents"] = torch.stack([cached[i] for i in indices])
         else:
-            indices, batch["pixel_values"] = self._pixels(indices)
+            batch["pixel_values"] = normalise(torch.stack([pixels[i] for i in indices]))
             if spec.latents is not None:  # missing entries: the datamodule encodes them and fills the cache
                 batch["_latent_cache"] = str(spec.latents.root)
                 batch["_latent_keys"] = [self.latent_keys[i] for i in indices]
+        if cached_references:
+            batch["reference_latents"] = torch.stack([cached_references[i] for i in indices])
+        elif with_reference:
+            batch["reference_pixel_values"] = normalise(torch.stack([reference_pixels[i] for i in indices]))
         samples = [self.samples[i] for i in indices]
         batch["captions"] = self._captions(samples, spec, request)
         if self.text is not None:

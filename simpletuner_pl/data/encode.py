@@ -3,7 +3,9 @@
 Latents: images of one bucket are decoded and cropped in DataLoader workers (so decoding overlaps the VAE), encoded
 `vae_batch_size` at a time, and written by a small thread pool (so the next batch encodes while files are written).
 An image that fails to decode is reported back instead of stopping the run. Text: captions are encoded
-`write_batch_size` at a time and each T5 sequence is stored trimmed to its real token count.
+`write_batch_size` at a time; a sequence is stored trimmed to its real tokens only where that is lossless (every
+position after them exactly zero: Flux's `t5_padding=zero`), else whole (`unmodified`: T5's own outputs at the pad
+tokens, which the transformer sees at inference), with its real token count.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -23,6 +26,20 @@ from simpletuner_pl.data.images import load_pixels, normalise
 
 log = logging.getLogger(__name__)
 Job = Tuple[str, str, Geometry]  # (cache key, image path, geometry)
+
+
+@dataclass
+class TextStats:
+    """What one cache fill stored: for the log line that says what `t5_max_length` costs."""
+
+    captions: int = 0
+    longest: int = 0  # real tokens of the longest caption
+    filled: int = 0  # captions whose tokens fill the whole sequence (truncated, or exactly that long)
+    bytes: int = 0
+
+    def add(self, length: int, max_length: int, size: int) -> None:
+        self.captions, self.bytes = self.captions + 1, self.bytes + size
+        self.longest, self.filled = max(self.longest, length), self.filled + (length >= max_length)
 
 
 class _Chunks(Dataset):
@@ -43,9 +60,10 @@ class _Chunks(Dataset):
         return keys, torch.stack(pixels) if pixels else None, failures
 
 
-def encode_latents(module, jobs: Sequence[Job], cache: TensorCache, batch_size: int,
-                   num_workers: int) -> Dict[str, str]:
-    """Encode and write every job; returns {path: reason} for images that could not be decoded."""
+def encode_latents(module, jobs: Sequence[Job], cache: TensorCache, batch_size: int, num_workers: int,
+                   mode: bool = False) -> Dict[str, str]:
+    """Encode and write every job (`mode`: the posterior mode, as pipelines encode reference images); returns
+    {path: reason} for images that could not be decoded."""
     groups: Dict[Tuple[int, int], List[Job]] = {}
     for job in jobs:
         groups.setdefault(job[2].bucket, []).append(job)
@@ -60,7 +78,7 @@ def encode_latents(module, jobs: Sequence[Job], cache: TensorCache, batch_size: 
             failures.update(failed)
             if pixels is None:
                 continue
-            latents = module.encode_images(normalise(pixels)).to("cpu")
+            latents = module.encode_images(normalise(pixels), mode=mode).to("cpu")
             pending += [writer.submit(cache.save, key, {"latents": latent.clone()})
                         for key, latent in zip(keys, latents)]
             done += len(keys)
@@ -73,8 +91,15 @@ def encode_latents(module, jobs: Sequence[Job], cache: TensorCache, batch_size: 
     return failures
 
 
-def encode_texts(module, captions: Sequence[Tuple[str, str]], cache: TensorCache, batch_size: int) -> None:
-    """Encode (key, caption) pairs; store the T5 sequence unpadded (its real length is its first dimension)."""
+def stored_sequence(embeds: torch.Tensor, length: int) -> torch.Tensor:
+    """The sequence [L, D] as cached: cut to its `length` real tokens when the rest is exactly zero (lossless)."""
+    return embeds[:length] if not torch.count_nonzero(embeds[length:]) else embeds
+
+
+def encode_texts(module, captions: Sequence[Tuple[str, str]], cache: TensorCache, batch_size: int) -> TextStats:
+    """Encode (key, caption) pairs into the cache: each sequence (`stored_sequence`), its pooled vector and its
+    real token count (`length`, the attention mask's sum)."""
+    stats = TextStats()
     with ThreadPoolExecutor(max_workers=4) as writer:
         pending = []
         for start in range(0, len(captions), batch_size):
@@ -83,11 +108,14 @@ def encode_texts(module, captions: Sequence[Tuple[str, str]], cache: TensorCache
             lengths = encoded["attention_mask"].sum(dim=1).tolist()
             embeds, pooled = encoded["prompt_embeds"].to("cpu"), encoded["pooled_prompt_embeds"].to("cpu")
             for i, (key, _) in enumerate(chunk):
-                tensors = {"prompt_embeds": embeds[i, : max(1, int(lengths[i]))].clone(),
-                           "pooled_prompt_embeds": pooled[i].clone()}
+                length = max(1, int(lengths[i]))
+                tensors = {"prompt_embeds": stored_sequence(embeds[i], length).clone(),
+                           "pooled_prompt_embeds": pooled[i].clone(), "length": torch.tensor(length)}
+                stats.add(length, embeds.shape[1], sum(t.numel() * t.element_size() for t in tensors.values()))
                 pending.append(writer.submit(cache.save, key, tensors))
         for future in pending:
             future.result()
+    return stats
 
 
 def offload(module, names: Sequence[str]) -> None:

@@ -7,11 +7,12 @@ is re-loaded from its source): megabytes for a LoRA, the whole denoiser for `ada
 
 from __future__ import annotations
 
+import contextlib
 import os
 from abc import ABC, abstractmethod
 from operator import attrgetter
 from pathlib import Path
-from typing import ClassVar, Dict, Iterable, List, Optional, Set, Tuple
+from typing import ClassVar, ContextManager, Dict, Iterable, List, Optional, Set, Tuple
 
 import lightning as L
 import torch
@@ -21,6 +22,7 @@ from simpletuner_pl.adapters.lora import adapter_metadata, adapter_state_dict, a
 from simpletuner_pl.config.schema import AdapterConfig, ModelConfig, OptimizerConfig, TrainConfig
 from simpletuner_pl.config.validation import ValidationConfig
 from simpletuner_pl.data.batch import TEXT_KEYS, Batch
+from simpletuner_pl.inference import InferenceCall
 from simpletuner_pl.io import atomic_dir
 from simpletuner_pl.memory.placement import is_self_placing
 from simpletuner_pl.models.family import FamilySpec
@@ -65,8 +67,19 @@ class DiffusionModule(L.LightningModule, ABC):
         """The family's diffusers pipeline over this module's own (adapter-carrying) components."""
 
     @abstractmethod
-    def validation_kwargs(self, validation: ValidationConfig, adapter_strength: float = 1.0) -> Dict[str, object]:
-        """Pipeline arguments for `validation.*` (and a prompt-library entry's adapter strength)."""
+    def validation_call(self, validation: ValidationConfig, prompt: str, width: int, height: int,
+                        adapter_strength: float = 1.0) -> InferenceCall:
+        """How one validation image is made (`validation.*`, a prompt-library entry's adapter strength): rendered by
+        the validation callback and written into the model card's snippet from this one record."""
+
+    @abstractmethod
+    def pipeline_loading_code(self, adapter_dir: str) -> List[str]:
+        """Python lines that load the base pipeline exactly as validation builds it (scheduler, precision, component
+        overrides) plus the adapter in `adapter_dir`, ending with a `pipe` variable."""
+
+    def inference_adapters(self) -> ContextManager:
+        """The adapters inference uses, active within the block (validation, evaluation); by default all of them."""
+        return contextlib.nullcontext()
 
     @abstractmethod
     def preview_latents(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -88,6 +101,16 @@ class DiffusionModule(L.LightningModule, ABC):
     @property
     def weight_dtype(self) -> torch.dtype:
         return attrgetter(self.weight_probe)(self.denoiser).dtype  # not next(parameters()): may be uint8
+
+    @property
+    def dtype_name(self) -> str:
+        """The denoiser's compute dtype as `torch.<name>` spells it (model card snippets)."""
+        return str(self.weight_dtype).removeprefix("torch.")
+
+    @property
+    def component_dtype(self) -> str:
+        """The dtype the pipeline's components were loaded in (a fully trained denoiser is fp32 whatever it)."""
+        return str(self.vae.dtype).removeprefix("torch.")
 
     @property
     def vae_scale_factor(self) -> int:
@@ -153,10 +176,12 @@ class DiffusionModule(L.LightningModule, ABC):
 
     # ---- encoding (shared by the families and by the data caches) ----------------------------------------------
     @torch.no_grad()
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Pixels in [-1, 1] → one posterior sample, shifted (if the VAE has a shift) and scaled."""
+    def encode_images(self, pixel_values: torch.Tensor, mode: bool = False) -> torch.Tensor:
+        """Pixels in [-1, 1] → one posterior sample (`mode=True`: the posterior mode, as pipelines encode an input
+        image), shifted (if the VAE has a shift) and scaled."""
         vae = self.vae
-        latents = vae.encode(pixel_values.to(vae.device, vae.dtype)).latent_dist.sample()
+        posterior = vae.encode(pixel_values.to(vae.device, vae.dtype)).latent_dist
+        latents = posterior.mode() if mode else posterior.sample()
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         return (latents - shift) * vae.config.scaling_factor
 

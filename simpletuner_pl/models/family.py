@@ -7,8 +7,8 @@ imported; the classes it names (module, loader, diffusers classes) are imported 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, List, Mapping, Optional, Tuple
 
 from simpletuner_pl.config.registries import LoraTargets
 from simpletuner_pl.config.schema import ModelConfig, RunConfig
@@ -42,6 +42,7 @@ class FamilySpec:
     text_encoders: Tuple[str, ...] = ("text_encoder", "text_encoder_2")
     tokenizers: Tuple[str, ...] = ("tokenizer", "tokenizer_2")
     planner: Optional[str] = None  # module with `meta_components`/`profile_inputs`; None: not priced
+    flavour_pipelines: Mapping[str, str] = field(default_factory=dict)  # flavour → its own "diffusers:<Pipeline>"
 
     def module_class(self) -> type:
         return resolve(self.module)
@@ -53,4 +54,9 @@ class FamilySpec:
         return resolve(self.denoiser_class)
 
     def pipeline_cls(self) -> type:
+        """The family's pipeline: LoRA export and loading (`save_lora_weights`, `lora_state_dict`)."""
         return resolve(self.pipeline)
+
+    def pipeline_for(self, flavour: str) -> type:
+        """The pipeline a flavour validates and infers with (FLUX.1 Kontext: `FluxKontextPipeline`)."""
+        return resolve(self.flavour_pipelines.get(flavour, self.pipeline))

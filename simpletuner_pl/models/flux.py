@@ -1,22 +1,29 @@
-"""Flux.1 (Krea [dev], dev, schnell) as a LightningModule: rectified-flow loss on packed 2x2 latent patches.
+"""Flux.1 (Krea [dev], dev, schnell, Kontext, FluxBooru, LibreFlux) as a LightningModule: rectified-flow loss on
+packed 2x2 latent patches.
 
 Per sample: x0 = (VAE(z) - shift) * scale, σ from `simpletuner_pl.schedules`, x_σ = (1-σ)x0 + σε, and the
-transformer predicts the velocity ε - x0 (MSE in fp32). Packing, position ids and unpacking are diffusers' own
-FluxPipeline helpers, so training sees exactly the token layout inference uses.
+transformer predicts the velocity ε - x0 (MSE in fp32). The conditioning is the pipeline's own: CLIP-L pooled and
+the T5 sequence padded to `model.t5_max_length` with T5's outputs at the pad tokens (`model.t5_padding=unmodified`,
+bit-identical to `FluxPipeline.encode_prompt`), or zeros there (`zero`); the token layout is `flux_inputs`'.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+import contextlib
+import warnings
+from typing import ContextManager, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from simpletuner_pl.adapters import assistant
 from simpletuner_pl.config.validation import ValidationConfig
 from simpletuner_pl.data.batch import Batch
+from simpletuner_pl.inference import InferenceCall
 from simpletuner_pl.models.base import CLIP_MAX_LENGTH, DiffusionModule
-from simpletuner_pl.models.flux_spec import FLUX
+from simpletuner_pl.models.flux_inputs import transformer_inputs
+from simpletuner_pl.models.flux_spec import FLUX, loading_code
 from simpletuner_pl.schedules import flux_mu, sample_sigmas
 
 
@@ -28,10 +35,30 @@ class FluxModule(DiffusionModule):
         super().__init__(components, *args, **kwargs)
         self.scheduler_config = dict(components["scheduler"].config)
 
+    def attach_adapter(self):
+        if self.model_cfg.assistant_lora_path:  # loaded first, frozen; the trained adapter goes on top
+            assistant.load_assistant(self.transformer, self.spec.pipeline_cls(), self.model_cfg.assistant_lora_path)
+        with warnings.catch_warnings():  # PEFT warns that a second adapter joins the assistant: that is the point
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            init_state = super().attach_adapter()
+        if self.model_cfg.assistant_lora_path:
+            assistant.activate(self.transformer, with_assistant=True)
+        return init_state
+
+    def inference_adapters(self) -> ContextManager:
+        if self.model_cfg.assistant_lora_path:
+            return assistant.without_assistant(self.transformer)
+        return contextlib.nullcontext()
+
+    def cache_identity(self) -> Dict[str, str]:
+        identity = super().cache_identity()
+        identity["text"] += f"|t5_padding={self.model_cfg.t5_padding}"
+        return identity
+
     # ---- conditioning -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def encode_prompts(self, prompts: List[str]) -> Dict[str, torch.Tensor]:
-        """CLIP-L pooled embedding + T5 sequence (and its attention mask), padded to `model.t5_max_length`."""
+        """CLIP-L pooled embedding + the T5 sequence (and its attention mask), as `FluxPipeline.encode_prompt`."""
         device = self.text_encoder.device
         clip = self.tokenizer(prompts, padding="max_length", max_length=CLIP_MAX_LENGTH, truncation=True,
                               return_tensors="pt")
@@ -39,62 +66,77 @@ class FluxModule(DiffusionModule):
         t5 = self.tokenizer_2(prompts, padding="max_length", max_length=self.model_cfg.t5_max_length,
                               truncation=True, return_tensors="pt")
         embeds = self.text_encoder_2(t5.input_ids.to(device), output_hidden_states=False)[0]
-        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "attention_mask": t5.attention_mask.to(device)}
+        mask = t5.attention_mask.to(device)
+        if self.model_cfg.t5_padding == "zero":
+            embeds = embeds * mask[..., None].to(embeds.dtype)
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "attention_mask": mask}
+
+    def reference_of(self, batch: Batch) -> Optional[torch.Tensor]:
+        """Kontext's reference latents (the posterior mode, as `FluxKontextPipeline` encodes its input image)."""
+        if "reference_latents" in batch:
+            return batch["reference_latents"].float()
+        if "reference_pixel_values" in batch:
+            return self.encode_images(batch["reference_pixel_values"], mode=True).float()
+        return None
 
     # ---- denoiser ------------------------------------------------------------------------------------------------
     def predict_velocity(self, noisy: torch.Tensor, sigmas: torch.Tensor, text: Dict[str, torch.Tensor],
-                         guidance: Optional[torch.Tensor] = None) -> torch.Tensor:
+                         reference: Optional[torch.Tensor] = None) -> torch.Tensor:
         from diffusers import FluxPipeline
 
-        b, c, h, w = noisy.shape
-        dtype, device = self.weight_dtype, noisy.device
-        packed = FluxPipeline._pack_latents(noisy, b, c, h, w).to(dtype)
-        img_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, device, dtype)
-        txt_ids = torch.zeros(text["prompt_embeds"].shape[1], 3, device=device, dtype=dtype)
-        if guidance is None and self.transformer.config.guidance_embeds:
-            guidance = torch.full((b,), self.model_cfg.guidance_value, device=device, dtype=torch.float32)
-        out = self.transformer(
-            hidden_states=packed, timestep=sigmas.to(dtype), guidance=guidance,
-            pooled_projections=text["pooled_prompt_embeds"].to(dtype),
-            encoder_hidden_states=text["prompt_embeds"].to(dtype), txt_ids=txt_ids, img_ids=img_ids,
-            return_dict=False,
-        )[0]
-        scale = self.vae_scale_factor
+        dtype = self.weight_dtype
+        kwargs, keep = transformer_inputs(noisy, text, dtype, self.model_cfg, self.transformer.config.guidance_embeds,
+                                          self.training, reference)
+        out = self.transformer(timestep=sigmas.to(dtype), **kwargs)[0][:, :keep]
+        scale, (h, w) = self.vae_scale_factor, noisy.shape[2:]
         return FluxPipeline._unpack_latents(out, h * scale, w * scale, scale)
 
     def flow_matching_loss(self, latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor,
-                           text: Dict[str, torch.Tensor]) -> torch.Tensor:
+                           text: Dict[str, torch.Tensor], reference: Optional[torch.Tensor] = None) -> torch.Tensor:
         s = sigmas.view(-1, 1, 1, 1).to(latents.dtype)
         noisy = (1 - s) * latents + s * noise
-        prediction = self.predict_velocity(noisy, sigmas, text)
+        prediction = self.predict_velocity(noisy, sigmas, text, reference)
         return F.mse_loss(prediction.float(), (noise - latents).float())
 
     def training_loss(self, batch: Batch) -> torch.Tensor:
-        latents, text = self.latents_of(batch), self.text_of(batch)
+        latents, text, reference = self.latents_of(batch), self.text_of(batch), self.reference_of(batch)
         b, _, h, w = latents.shape
         sigmas = sample_sigmas(b, self.train_cfg, (h // 2) * (w // 2), self.scheduler_config, latents.device)
-        return self.flow_matching_loss(latents, torch.randn_like(latents), sigmas, text)
+        return self.flow_matching_loss(latents, torch.randn_like(latents), sigmas, text, reference)
 
     # ---- validation / evaluation ----------------------------------------------------------------------------------
     def validation_pipeline(self):
-        """FluxPipeline over this module's own (adapter-carrying) components: no weight copies; fresh scheduler."""
+        """The flavour's pipeline over this module's own (adapter-carrying) components; a fresh scheduler."""
         from diffusers import FlowMatchEulerDiscreteScheduler
 
-        return self.spec.pipeline_cls()(
+        return self.spec.pipeline_for(self.model_cfg.flavour)(
             transformer=self.transformer, vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
             text_encoder_2=self.text_encoder_2, tokenizer_2=self.tokenizer_2,
             scheduler=FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config),
         )
 
-    def validation_kwargs(self, validation: ValidationConfig, adapter_strength: float = 1.0) -> Dict[str, object]:
-        """Embedded guidance, true CFG with the negative prompt when guidance_real > 1, and the LoRA scale of a
-        prompt-library entry."""
-        kwargs = dict(guidance_scale=validation.guidance, max_sequence_length=self.model_cfg.t5_max_length)
-        if validation.guidance_real > 1:
+    def validation_call(self, validation: ValidationConfig, prompt: str, width: int, height: int,
+                        adapter_strength: float = 1.0) -> InferenceCall:
+        """Embedded guidance (where the checkpoint has it); true CFG with the negative prompt when guidance_real > 1
+        (from step `no_cfg_until_timestep` on); the T5 key mask of masked training; Kontext's reference image."""
+        kwargs = dict(prompt=prompt, width=width, height=height, num_inference_steps=validation.num_inference_steps,
+                      max_sequence_length=self.model_cfg.t5_max_length)
+        if self.transformer.config.guidance_embeds:  # schnell-like checkpoints embed no guidance value
+            kwargs["guidance_scale"] = validation.guidance
+        real_cfg = validation.guidance_real > 1
+        if real_cfg:
             kwargs.update(true_cfg_scale=validation.guidance_real, negative_prompt=validation.negative_prompt)
         if adapter_strength != 1.0:
             kwargs["joint_attention_kwargs"] = {"scale": adapter_strength}
-        return kwargs
+        reference = validation.reference_image if self.model_cfg.flavour == "kontext" else None
+        if reference is not None:
+            kwargs["max_area"] = width * height  # Kontext's pipeline resizes its output to this area
+        return InferenceCall(kwargs, masked=self.model_cfg.attention_masked_training,
+                             cfg_delay=validation.no_cfg_until_timestep if real_cfg else 0, reference_image=reference)
+
+    def pipeline_loading_code(self, adapter_dir: str) -> List[str]:
+        return loading_code(self.model_cfg, self.adapter_cfg.type, self.component_dtype, self.dtype_name,
+                            adapter_dir, self.quantised)
 
     def preview_latents(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Packed pipeline latents → unscaled VAE latents, which a Tiny AutoEncoder (TAEF1) decodes."""
@@ -108,12 +150,12 @@ class FluxModule(DiffusionModule):
         """The inference schedule at this resolution (dynamic shift μ), one noise draw shared by every σ."""
         from diffusers import FlowMatchEulerDiscreteScheduler
 
-        latents, text = self.latents_of(batch), self.text_of(batch)
+        latents, text, reference = self.latents_of(batch), self.text_of(batch), self.reference_of(batch)
         noise = torch.randn_like(latents)
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
         mu = flux_mu((latents.shape[2] // 2) * (latents.shape[3] // 2), scheduler.config)
         scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / num_timesteps, num_timesteps), mu=mu,
                                 device=latents.device)
         sigmas = scheduler.sigmas[:-1]  # the trailing 0 is the clean image
-        losses = [self.flow_matching_loss(latents, noise, s.expand(len(latents)), text) for s in sigmas]
+        losses = [self.flow_matching_loss(latents, noise, s.expand(len(latents)), text, reference) for s in sigmas]
         return sigmas.float().cpu(), torch.stack(losses).float().cpu()

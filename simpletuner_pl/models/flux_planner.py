@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from simpletuner_pl.config.schema import ModelConfig
+from simpletuner_pl.models.flux_spec import guidance_embeds
 
 FLUX1 = dict(in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
              joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56))
@@ -31,7 +32,7 @@ def meta_components(model: ModelConfig) -> Dict[str, nn.Module]:
     if model.is_builtin_tiny:
         from simpletuner_pl.models.tiny_flux import build_tiny_flux_components
 
-        parts = build_tiny_flux_components()
+        parts = build_tiny_flux_components(guidance_embeds=guidance_embeds(model))
         return {n: parts[n].to("meta") for n in ("transformer", "text_encoder", "text_encoder_2", "vae")}
     path = model.pretrained_model_name_or_path
     folder = Path(path).expanduser() if path else None
@@ -42,15 +43,16 @@ def meta_components(model: ModelConfig) -> Dict[str, nn.Module]:
                         text_encoder=CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder")),
                         text_encoder_2=T5EncoderModel(T5Config.from_pretrained(folder / "text_encoder_2")),
                         vae=AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae")))
-        return dict(transformer=FluxTransformer2DModel(**{**FLUX1, "guidance_embeds": model.flavour != "schnell"}),
+        return dict(transformer=FluxTransformer2DModel(**{**FLUX1, "guidance_embeds": guidance_embeds(model)}),
                     text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L)),
                     text_encoder_2=T5EncoderModel(T5Config(**T5_XXL)), vae=AutoencoderKL(**FLUX_VAE))
 
 
-def profile_inputs(transformer: nn.Module, side: int, batch: int, text_tokens: int, dtype: torch.dtype) -> dict:
-    """Meta tensors of one training forward at `side` px: packed image tokens, T5 sequence, pooled CLIP, ids."""
-    config = transformer.config
-    tokens = (side // 16) ** 2
+def profile_inputs(transformer: nn.Module, side: int, batch: int, model: ModelConfig, dtype: torch.dtype) -> dict:
+    """Meta tensors of one training forward at `side` px: packed image tokens (Kontext: as many reference tokens
+    again), the T5 sequence of `model.t5_max_length`, pooled CLIP, ids."""
+    config, text_tokens = transformer.config, model.t5_max_length
+    tokens = (side // 16) ** 2 * (2 if model.flavour == "kontext" else 1)
     meta = dict(device="meta", dtype=dtype)
     inputs = dict(hidden_states=torch.empty(batch, tokens, config.in_channels, **meta),
                   encoder_hidden_states=torch.empty(batch, text_tokens, config.joint_attention_dim, **meta),

@@ -7,7 +7,7 @@ from typing import Dict, Optional
 import torch
 
 from simpletuner_pl.config.schema import ModelConfig
-from simpletuner_pl.models.flux_spec import transformer_source
+from simpletuner_pl.models.flux_spec import guidance_embeds, transformer_source
 from simpletuner_pl.models.loading import denoiser_or_load, from_base, load_vae
 from simpletuner_pl.models.tiny import cast_modules
 
@@ -16,10 +16,10 @@ def load_components(model: ModelConfig, dtype: torch.dtype,
                     denoiser: Optional[torch.nn.Module] = None) -> Dict[str, object]:
     """Transformer, VAE, CLIP-L, T5, tokenizers and scheduler at `dtype`; a `denoiser` already loaded (quantised
     while streaming) is used instead of reading the transformer."""
-    if model.is_builtin_tiny:
+    if model.is_builtin_tiny:  # the flavour's architecture: schnell-like ones embed no guidance
         from simpletuner_pl.models.tiny_flux import build_tiny_flux_components
 
-        return cast_modules(build_tiny_flux_components(), dtype)
+        return cast_modules(build_tiny_flux_components(guidance_embeds=guidance_embeds(model)), dtype)
 
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel

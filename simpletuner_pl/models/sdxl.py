@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from simpletuner_pl.config.validation import ValidationConfig
 from simpletuner_pl.data.batch import TIME_ID_KEYS, Batch
 from simpletuner_pl.errors import ConfigError
+from simpletuner_pl.inference import InferenceCall
 from simpletuner_pl.losses import (
     PREDICTION_TYPES,
     clamp_to_schedule,
@@ -31,7 +32,7 @@ from simpletuner_pl.losses import (
     weighted_mse,
 )
 from simpletuner_pl.models.base import CLIP_MAX_LENGTH, DiffusionModule
-from simpletuner_pl.models.sdxl_spec import SDXL
+from simpletuner_pl.models.sdxl_spec import SDXL, loading_code
 from simpletuner_pl.schedules import sample_sigmas
 
 
@@ -139,7 +140,7 @@ class SDXLModule(DiffusionModule):
     # ---- validation / evaluation ----------------------------------------------------------------------------------
     def validation_pipeline(self):
         """StableDiffusionXLPipeline over this module's own (adapter-carrying) components, sampling with DDIM and
-        trailing timestep spacing as SimpleTuner validates SDXL."""
+        trailing timestep spacing as SimpleTuner validates SDXL (the model card's snippet swaps it in alike)."""
         from diffusers import DDIMScheduler
 
         scheduler = DDIMScheduler.from_config(self.scheduler.config, timestep_spacing="trailing",
@@ -148,15 +149,22 @@ class SDXLModule(DiffusionModule):
                                          text_encoder_2=self.text_encoder_2, tokenizer_2=self.tokenizer_2,
                                          unet=self.unet, scheduler=scheduler, force_zeros_for_empty_prompt=True)
 
-    def validation_kwargs(self, validation: ValidationConfig, adapter_strength: float = 1.0) -> Dict[str, object]:
-        """Classifier-free guidance at `validation.guidance` with the negative prompt; the LoRA scale of a
-        prompt-library entry."""
-        kwargs: Dict[str, object] = dict(guidance_scale=validation.guidance)
+    def validation_call(self, validation: ValidationConfig, prompt: str, width: int, height: int,
+                        adapter_strength: float = 1.0) -> InferenceCall:
+        """Classifier-free guidance at `validation.guidance`, with the negative prompt when CFG is on (> 1); the
+        LoRA scale of a prompt-library entry."""
+        kwargs: Dict[str, object] = dict(prompt=prompt, width=width, height=height,
+                                         num_inference_steps=validation.num_inference_steps,
+                                         guidance_scale=validation.guidance)
         if validation.guidance > 1 and validation.negative_prompt:
             kwargs["negative_prompt"] = validation.negative_prompt
         if adapter_strength != 1.0:
             kwargs["cross_attention_kwargs"] = {"scale": adapter_strength}
-        return kwargs
+        return InferenceCall(kwargs)
+
+    def pipeline_loading_code(self, adapter_dir: str) -> List[str]:
+        return loading_code(self.model_cfg, self.adapter_cfg.type, self.component_dtype, self.dtype_name,
+                            adapter_dir, self.prediction_type, self.quantised)
 
     def preview_latents(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """TAESD/TAESDXL decode the pipeline's (scaled) latents as they are: nothing to unpack."""

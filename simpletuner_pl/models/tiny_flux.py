@@ -78,12 +78,13 @@ def build_tiny_flux_components(seed: int = 0, **transformer_overrides: Any) -> d
         base_image_seq_len=256,
         max_image_seq_len=4096,
     )
+    # In eval mode, as `from_pretrained` returns models (T5's dropout must not make inference random).
     return dict(
-        transformer=transformer,
-        vae=vae,
-        text_encoder=text_encoder,
+        transformer=transformer.eval(),
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
         tokenizer=tokenizer,
-        text_encoder_2=text_encoder_2,
+        text_encoder_2=text_encoder_2.eval(),
         tokenizer_2=tokenizer_2,
         scheduler=scheduler,
     )

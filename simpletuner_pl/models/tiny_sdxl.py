@@ -56,8 +56,9 @@ def build_tiny_sdxl_components(seed: int = 0, **unet_overrides: Any) -> dict[str
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
         timestep_spacing="leading", prediction_type="epsilon",
     )
-    return dict(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
-                tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
+    # In eval mode, as `from_pretrained` returns models (CLIP's dropout must not make inference random).
+    return dict(vae=vae.eval(), text_encoder=text_encoder.eval(), text_encoder_2=text_encoder_2.eval(),
+                tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet.eval(), scheduler=scheduler)
 
 
 def build_tiny_sdxl_pipeline(seed: int = 0, **unet_overrides: Any) -> StableDiffusionXLPipeline:

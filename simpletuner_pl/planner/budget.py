@@ -53,8 +53,8 @@ class Facts:
                 inputs_saved: bool) -> ActivationProfile:
         key = (side, batch, dtype, cast_copies, inputs_saved)
         if key not in self.profiles:
-            inputs = resolve(f"{self.spec.planner}:profile_inputs")(self.denoiser, side, batch,
-                                                                    self.cfg.model.t5_max_length, dtype)
+            inputs = resolve(f"{self.spec.planner}:profile_inputs")(self.denoiser, side, batch, self.cfg.model,
+                                                                    dtype)
             self.profiles[key] = denoiser_profile(self.denoiser, self.block_names, inputs, dtype,
                                                   self.spec.keep_high_precision, cast_copies, inputs_saved)
         return self.profiles[key]
