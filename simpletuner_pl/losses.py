@@ -65,11 +65,17 @@ def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float, prediction
     return clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr
 
 
-def weighted_mse(prediction: torch.Tensor, target: torch.Tensor,
-                 weights: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Mean squared error in fp32, each sample's mean scaled by its weight."""
-    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)
-    return (per_sample if weights is None else per_sample * weights.float()).mean()
+def weighted_mse(prediction: torch.Tensor, target: torch.Tensor, weights: Optional[torch.Tensor] = None,
+                 mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean squared error in fp32: each element's error times `mask` (masked loss: [B, 1, h, w] in [0, 1]), averaged
+    over all elements (as SimpleTuner: a masked-out region lowers the loss, it is not renormalised by the mask's
+    area), each sample's mean scaled by its `weights` (min-SNR)."""
+    error = F.mse_loss(prediction.float(), target.float(), reduction="none")
+    if mask is not None:
+        error = error * mask.to(error)
+    if weights is None:
+        return error.mean()
+    return (error.flatten(1).mean(1) * weights.float()).mean()
 
 
 # ---- Diff2Flow ------------------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from typing import Dict
 PACKAGE_DIR = Path(__file__).resolve().parent
 ASSETS_DIR = PACKAGE_DIR / "assets"
 DEMO_DATA_DIR = ASSETS_DIR / "demo"
-DEMO_REFERENCES_DIR = ASSETS_DIR / "demo_references"  # greyscale copies: the Kontext demo's reference images
 TINY_TOKENIZER_DIR = ASSETS_DIR / "tiny_tokenizers"
 
 
@@ -29,8 +28,13 @@ def demo_data_dir() -> str:
     return str(DEMO_DATA_DIR)
 
 
-def demo_references_dir() -> str:
-    return str(DEMO_REFERENCES_DIR)
+def asset_dir(name: str) -> str:
+    """A bundled asset folder (`${asset_dir:demo_references}` in configs): demo_references (greyscale copies, the
+    Kontext demo's reference images), demo_masks (the masked-loss demo's masks)."""
+    folder = ASSETS_DIR / name
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no bundled asset folder {name!r} in {ASSETS_DIR}")
+    return str(folder)
 
 
 def shipped_prompt_libraries() -> Dict[str, Path]:

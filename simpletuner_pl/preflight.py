@@ -64,6 +64,7 @@ def validate(cfg: RunConfig) -> Settings:
             raise ConfigError("adapter.init=loftq needs a CUDA GPU (PEFT's LoftQ quantises with bitsandbytes on "
                               "CUDA); use adapter.init=default|gaussian|pissa|olora on this machine")
     plan = validation_plan(cfg.validation, cfg.seed) if cfg.validation.enabled else None
+    check_init_lora(cfg.adapter)
     reference = cfg.validation.reference_image
     if plan is not None and reference and not Path(reference).expanduser().is_file():
         raise ConfigError(f"validation.reference_image={reference} is not an image file")
@@ -73,6 +74,17 @@ def validate(cfg: RunConfig) -> Settings:
     if held_out is not None:
         check_held_out_apart(cfg, held_out)
     return Settings(spec, trainer_args, plan, held_out)
+
+
+def check_init_lora(adapter) -> None:
+    """`adapter.init_lora` exists before anything loads (its keys are checked against the model once it has)."""
+    if not adapter.init_lora:
+        return
+    path = Path(adapter.init_lora).expanduser()
+    name = "pytorch_lokr_weights.safetensors" if adapter.type == "lokr" else "pytorch_lora_weights.safetensors"
+    if not (path.is_file() or (path / name).is_file()):
+        raise ConfigError(f"adapter.init_lora={adapter.init_lora}: no such file (a .safetensors file, or a folder "
+                          f"holding {name})")
 
 
 def warn_unused_validation_keys(validation: ValidationConfig) -> None:

@@ -20,7 +20,7 @@ VALIDATE = ("validation=on", "validation.prompt=a cat")
     (["model=tiny_flux_fluxbooru", *VALIDATE, "validation.guidance_real=1"], "is de-distilled: its images need real"),
     ([*VALIDATE, "validation.guidance_real=2", "validation.num_inference_steps=2"], "true CFG .* would never run"),
     ([*VALIDATE, "validation.reference_image=/x.png"], "does not take one"),
-    ([*REFS, "data.datasets.demo.conditioning_data=refs"], "does not read them"),
+    ([*REFS, "data.datasets.demo.conditioning_data=refs"], "feed FLUX.1 Kontext; model.flavour=krea does not"),
     (["model=tiny_flux_kontext"], "give dataset\\(s\\) demo a data.datasets.<id>.conditioning_data"),
     (["model=tiny_flux_kontext", "data=demo_kontext", *VALIDATE], "set validation.reference_image"),
     (["model=tiny_flux_kontext", "data=demo_kontext", "data.datasets.demo_references.resolution=512"],

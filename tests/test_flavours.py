@@ -22,6 +22,9 @@ FLAVOURS = {
     "libreflux": ["experiment=demo", "model=tiny_flux_libreflux"],
     "kontext": ["experiment=demo_kontext"],
     "sdxl": ["experiment=demo", "model=tiny_sdxl"],
+    "lokr": ["experiment=demo", "adapter=lokr"],
+    "lokr-sdxl": ["experiment=demo", "model=tiny_sdxl", "adapter=lokr", "adapter.lycoris.target_module=[Attention]",
+                  "validation.prompt_library=null", "validation.prompt=a photo of a cat"],
     # from_pretrained on saved folders: the snippet's real loading path (base pipeline + separately read VAE)
     "flux-folder": ["experiment=demo", "model=flux", "model.pretrained_model_name_or_path={flux}",
                     "model.t5_max_length=64", "model.pretrained_vae_model_name_or_path={flux}"],

@@ -64,7 +64,7 @@ def _validation_section(cfg: RunConfig, plan: ValidationPlan, module, output_dir
     lines += [f"| {p.nickname} | {p.prompt} | {p.adapter_strength} |" for p in plan.prompts]
     adapter_dir = str((output_dir / "adapter").resolve())
     lines += ["", f"The first image ({prompt.nickname}, {width}x{height}) with plain diffusers:", "",
-              snippet(module.pipeline_loading_code(adapter_dir), call, plan.seed), ""]
+              snippet(module.pipeline_loading_code(adapter_dir, prompt.adapter_strength), call, plan.seed), ""]
     steps = sorted(int(p.name.split("_")[1]) for p in (output_dir / "validation").glob("step_*") if p.is_dir())
     if steps:
         first, last = steps[0], steps[-1]

@@ -57,8 +57,10 @@ class ValidationImages(PeriodicRound):
                     info = {"global_step": step, "nickname": prompt.nickname, "prompt": prompt.prompt}
                     extra["callback_on_step_end"] = self.preview.step_callback(
                         module, info, width, height, self.cfg.num_inference_steps)
+                with module.adapter_strength(prompt.adapter_strength):  # LoKr's multiplier; LoRA: in `call`
+                    image = run(pipe, call, self.plan.seed, **extra)
                 samples.append({"nickname": prompt.nickname, "prompt": prompt.prompt, "width": width,
-                                "height": height, "image": run(pipe, call, self.plan.seed, **extra)})
+                                "height": height, "image": image})
         return samples
 
     def run_round(self, trainer: L.Trainer, module: L.LightningModule, step: int) -> None:

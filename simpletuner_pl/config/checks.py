@@ -7,6 +7,7 @@ read files belong to `simpletuner_pl.preflight`.
 
 from __future__ import annotations
 
+from simpletuner_pl.config.adapter import check_adapter_keys
 from simpletuner_pl.config.data import DataConfig, DatasetConfig
 from simpletuner_pl.config.fields import check_fields
 from simpletuner_pl.config.pairing import check_conditioning
@@ -36,10 +37,16 @@ def validate(cfg: RunConfig) -> None:
 
 def check_adapter(cfg: RunConfig) -> None:
     adapter = cfg.adapter
+    check_adapter_keys(adapter)
     if adapter.use_dora and adapter.init in REWRITES_BASE:
         raise ConfigError(f"adapter.use_dora=true cannot be combined with adapter.init={adapter.init}")
     if adapter.type != "full":
         return
+    regularisation = [name for name, ds in cfg.data.training().items() if ds.is_regularisation_data]
+    if regularisation:
+        raise ConfigError(f"is_regularisation_data ({', '.join(regularisation)}) trains towards the base model's own "
+                          "prediction, which adapter=full overwrites as it trains; use an adapter (adapter=lora) or "
+                          "drop the flag to train on those images as ordinary data")
     if cfg.quant.base_model_precision != "no_change":
         raise ConfigError(f"adapter=full trains every weight of the denoiser, which cannot be quantised "
                           f"(quant.base_model_precision={cfg.quant.base_model_precision}); use quant=none, "

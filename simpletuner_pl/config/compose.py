@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import List, Optional
 
-from simpletuner_pl.paths import config_dir, demo_data_dir, demo_references_dir
+from simpletuner_pl.paths import asset_dir, config_dir, demo_data_dir
 
 
 def register() -> None:
-    """Make `RunConfig` the schema of `conf/train.yaml` and add the `${demo_data_dir:}` and
-    `${demo_references_dir:}` resolvers."""
+    """Make `RunConfig` the schema of `conf/train.yaml` and add the `${demo_data_dir:}` and `${asset_dir:<name>}`
+    resolvers (bundled data)."""
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
@@ -17,7 +17,7 @@ def register() -> None:
 
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
     OmegaConf.register_new_resolver("demo_data_dir", demo_data_dir, replace=True)
-    OmegaConf.register_new_resolver("demo_references_dir", demo_references_dir, replace=True)
+    OmegaConf.register_new_resolver("asset_dir", asset_dir, replace=True)
 
 
 def compose(overrides: Optional[List[str]] = None):

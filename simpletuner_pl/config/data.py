@@ -35,7 +35,8 @@ class DatasetConfig:
     # eval: held out for the eval loss, never trained on; conditioning: paired with an image dataset (conditioning_data)
     dataset_type: str = choice("image", "image", "eval", "conditioning")
     conditioning_data: Optional[str] = None  # image datasets: id of the conditioning dataset paired by relative path
-    conditioning_type: Optional[str] = choice(None, None, "reference_strict")  # conditioning datasets: its use
+    # conditioning datasets: reference_strict (Kontext's reference images) or mask (loss masks)
+    conditioning_type: Optional[str] = choice(None, None, "reference_strict", "mask")
     instance_data_dir: Optional[str] = None
     huggingface_dataset: Optional[str] = None  # hub dataset this folder downloads from: named when it is missing
     caption_strategy: str = choice("filename", *CAPTION_STRATEGIES)

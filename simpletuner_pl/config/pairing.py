@@ -1,4 +1,5 @@
-"""Checks of conditioning datasets (`dataset_type: conditioning`): the reference images FLUX.1 Kontext edits.
+"""Checks of conditioning datasets (`dataset_type: conditioning`): the reference images FLUX.1 Kontext edits
+(`conditioning_type: reference_strict`) or loss masks (`conditioning_type: mask`).
 
 A conditioning dataset is only a folder: its images pair with an image (or eval) dataset's by relative path and take
 that dataset's captions, buckets and crops (`reference_strict`: the reference is cropped exactly like its target). So
@@ -34,6 +35,9 @@ def check_conditioning(data: DataConfig) -> None:
             known = ", ".join(conditioning) or "none"
             raise ConfigError(f"{key}.conditioning_data={ds.conditioning_data}: no enabled dataset of that id with "
                               f"dataset_type=conditioning; conditioning datasets: {known}")
+        if ds.dataset_type == "eval" and conditioning[ds.conditioning_data].conditioning_type == "mask":
+            raise ConfigError(f"{key}.conditioning_data={ds.conditioning_data} is a mask dataset: the eval loss is "
+                              "never masked (it compares whole images across rounds); remove it from the eval dataset")
     paired = {ds.conditioning_data for ds in [*data.training().values(), *data.held_out().values()]}
     for name in conditioning:
         if name not in paired:
@@ -43,7 +47,8 @@ def check_conditioning(data: DataConfig) -> None:
 
 def check_reference_dataset(key: str, ds: DatasetConfig) -> None:
     if ds.conditioning_type is None:
-        raise ConfigError(f"{key} is a conditioning dataset: set {key}.conditioning_type=reference_strict")
+        raise ConfigError(f"{key} is a conditioning dataset: set {key}.conditioning_type=reference_strict "
+                          "(Kontext's reference images) or mask (loss masks)")
     defaults = DatasetConfig()
     ignored = [f.name for f in dataclasses.fields(ds)
                if f.name not in OWN_FIELDS and getattr(ds, f.name) != getattr(defaults, f.name)]

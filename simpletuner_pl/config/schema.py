@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from simpletuner_pl.config.adapter import AdapterConfig
 from simpletuner_pl.config.data import DataConfig
 from simpletuner_pl.config.fields import at_least, between, choice
 from simpletuner_pl.config.offload import OffloadConfig
 from simpletuner_pl.config.registries import (
     ATTENTION_BACKENDS,
-    LORA_INITS,
     LR_SCHEDULERS,
     MIXED_PRECISION,
     OPTIMIZERS,
@@ -74,18 +74,6 @@ class QuantConfig:
 
 
 @dataclass
-class AdapterConfig:
-    type: str = choice("lora", "lora", "full")
-    rank: int = at_least(16, 1)
-    alpha: Optional[float] = at_least(None, 0.0, strict=True)  # None = rank, as in SimpleTuner
-    dropout: float = between(0.1, 0.0, 1.0, high_strict=True)
-    target: Optional[str] = None  # null = the family's default (a preset name, or module names where allowed)
-    init: str = choice("default", *LORA_INITS)
-    use_dora: bool = False
-    export_format: str = choice("diffusers", "diffusers", "kohya")  # kohya: also write lora_unet_* with .alpha
-
-
-@dataclass
 class OptimizerConfig:
     name: str = choice("adamw", *OPTIMIZERS)
     lr: float = at_least(1e-4, 0.0, strict=True)
@@ -126,6 +114,20 @@ class TrainConfig:
     diff2flow: bool = False  # flow-matching objective on the ε/v UNet (simpletuner_pl.losses)
 
 
+@dataclass
+class TreadRoute:
+    """One TREAD route: `selection_ratio` of the image tokens skip blocks `start_layer_idx..end_layer_idx`."""
+
+    selection_ratio: float = between(0.5, 0.0, 1.0, high_strict=True)  # fraction of image tokens set aside
+    start_layer_idx: int = 2  # double then single blocks, numbered together; negative counts from the end
+    end_layer_idx: int = -2  # inclusive
+
+
+@dataclass
+class TreadConfig:
+    routes: List[TreadRoute] = field(default_factory=list)  # empty: no routing (tread=off)
+
+
 def open_node():
     """A config node that takes any key without Hydra's `+` (`trainer.devices=2`); the keys are checked against
     `lightning.Trainer`'s signature at startup instead (`simpletuner_pl.config.trainer`)."""
@@ -148,5 +150,6 @@ class RunConfig:
     # clipping come from `train.*` so each setting has one home.
     trainer: Any = field(default_factory=open_node)
     offload: OffloadConfig = field(default_factory=OffloadConfig)
+    tread: TreadConfig = field(default_factory=TreadConfig)
     output_dir: str = "outputs/${now:%Y-%m-%d_%H-%M-%S}"
     seed: int = 42

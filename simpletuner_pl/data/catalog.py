@@ -34,6 +34,7 @@ class Sample:
     geometry: Geometry
     reference: Optional[str] = None  # FLUX.1 Kontext: the paired reference image (absolute), cropped like this one
     reference_identity: Optional[str] = None  # path|mtime_ns|size of the reference
+    mask: Optional[str] = None  # masked loss: the paired mask image (absolute), cropped like this one
 
 
 @dataclass
@@ -148,11 +149,18 @@ def _report_skipped(name: str, index: DatasetIndex, total: int) -> None:
 
 
 def pair(index: DatasetIndex, infos: Dict[str, object], data: DataConfig, conditioning: str) -> None:
-    """Every sample of `index` with its reference image from dataset `conditioning`, or skipped with the reason."""
+    """Every sample of `index` with its paired image from dataset `conditioning`: a reference (a sample without a
+    usable one is skipped with the reason) or a loss mask (every image needs one: DataError naming each that has
+    none)."""
     setting = f"data.datasets.{conditioning}.instance_data_dir"
+    kind = "mask" if data.datasets[conditioning].conditioning_type == "mask" else "reference"
     root = _check_folder(conditioning, data.datasets[conditioning]).resolve()
-    index.samples, skipped = pair_references(index.samples, infos, discover(root, data.cache_root(), False), setting)
-    index.skipped += skipped
+    kept, skipped = pair_references(index.samples, infos, discover(root, data.cache_root(), False), setting, kind)
+    if kind == "mask" and skipped:
+        listed = "\n  ".join(f"{e['path']}: {e['reason']}" for e in skipped)
+        raise DataError(f"dataset {index.id}: {len(skipped)} image(s) without a usable mask in {setting} (every image "
+                        f"needs one; an all-white mask trains the whole image):\n  {listed}")
+    index.samples, index.skipped = kept, index.skipped + skipped
 
 
 def discover_all(data: DataConfig, train: TrainConfig, trainer: Mapping[str, object]) -> Catalog:

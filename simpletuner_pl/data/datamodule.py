@@ -123,7 +123,8 @@ class AspectBucketDataModule(L.LightningDataModule):
         jobs: Dict[str, List[Job]] = {}
         for d, index in enumerate(self.catalog.datasets.values()):
             conditioning = index.config.conditioning_data
-            if conditioning is not None and not index.config.vae_cache_disable:
+            references = conditioning is not None and self.data.datasets[conditioning].conditioning_type != "mask"
+            if references and not index.config.vae_cache_disable:
                 jobs.setdefault(conditioning, []).extend(
                     (self.reference_keys[i], self.samples[i].reference, self.samples[i].geometry)
                     for i in self.my_samples(d))

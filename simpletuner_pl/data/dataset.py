@@ -64,26 +64,23 @@ class BatchDataset(torch.utils.data.Dataset):
         except Exception:  # missing or unreadable entry: encode again (on demand) and overwrite it
             return None
 
-    def _decode(self, indices: List[int], targets: bool, references: bool) -> tuple:
-        """Decode the batch's images and/or references; a sample that fails is replaced by another of the same
-        batch (same bucket). Returns (indices, {index: target pixels}, {index: reference pixels})."""
-        pixels: Dict[int, torch.Tensor] = {}
-        reference_pixels: Dict[int, torch.Tensor] = {}
+    def _decode(self, indices: List[int], parts: List[str]) -> tuple:
+        """Decode the files named by the `parts` attributes of the batch's samples ("path": the images, "reference",
+        "mask"); a sample with any of them undecodable is replaced by another of the same batch (same bucket).
+        Returns (indices, {part: {index: uint8 pixels}})."""
+        decoded: Dict[str, Dict[int, torch.Tensor]] = {part: {} for part in parts}
+        good = []
         for i in dict.fromkeys(indices):
             sample = self.samples[i]
             try:
-                if targets:
-                    pixels[i] = load_pixels(sample.path, sample.geometry)
-                if references:
-                    reference_pixels[i] = load_pixels(sample.reference, sample.geometry)
+                for part in parts:
+                    decoded[part][i] = load_pixels(getattr(sample, part), sample.geometry)
+                good.append(i)
             except Exception as err:
-                pixels.pop(i, None)
                 log.warning("skipping %s in this batch: cannot decode (%s)", sample.path, err)
-        good = [i for i in dict.fromkeys(indices) if (i in pixels or not targets)
-                and (i in reference_pixels or not references)]
         if not good:
             raise DataError(f"no image of a batch could be decoded: {[self.samples[i].path for i in indices]}")
-        return [i if i in good else good[n % len(good)] for n, i in enumerate(indices)], pixels, reference_pixels
+        return [i if i in good else good[n % len(good)] for n, i in enumerate(indices)], decoded
 
     def _text(self, captions: List[str]) -> Dict[str, torch.Tensor]:
         """Cached text embeddings; an entry that cannot be read (emptied, truncated by a full disk) leaves the
@@ -100,25 +97,29 @@ class BatchDataset(torch.utils.data.Dataset):
         indices = list(request.indices)
         batch: Dict[str, object] = {"dataset_id": spec.id, "is_regularisation": spec.is_regularisation,
                                     "_position": (request.epoch, request.position)}
-        with_reference = self.samples[indices[0]].reference is not None
+        first = self.samples[indices[0]]
+        with_reference, with_mask = first.reference is not None, first.mask is not None
         cached = dict(zip(indices, self._cached([self.latent_keys[i] for i in indices], spec.latents) or []))
         cached_references = dict(zip(indices, self._cached([self.reference_keys[i] for i in indices],
                                                            spec.references) or [])) if with_reference else {}
-        targets, references = not cached, with_reference and not cached_references
-        pixels, reference_pixels = {}, {}
-        if targets or references:
-            indices, pixels, reference_pixels = self._decode(indices, targets, references)
+        needed = {"path": not cached, "reference": with_reference and not cached_references, "mask": with_mask}
+        parts = [part for part, wanted in needed.items() if wanted]
+        decoded = {}
+        if parts:
+            indices, decoded = self._decode(indices, parts)
         if cached:
             batch["latents"] = torch.stack([cached[i] for i in indices])
         else:
-            batch["pixel_values"] = normalise(torch.stack([pixels[i] for i in indices]))
+            batch["pixel_values"] = normalise(torch.stack([decoded["path"][i] for i in indices]))
             if spec.latents is not None:  # missing entries: the datamodule encodes them and fills the cache
                 batch["_latent_cache"] = str(spec.latents.root)
                 batch["_latent_keys"] = [self.latent_keys[i] for i in indices]
         if cached_references:
             batch["reference_latents"] = torch.stack([cached_references[i] for i in indices])
         elif with_reference:
-            batch["reference_pixel_values"] = normalise(torch.stack([reference_pixels[i] for i in indices]))
+            batch["reference_pixel_values"] = normalise(torch.stack([decoded["reference"][i] for i in indices]))
+        if with_mask:  # channel 0 in [0, 1]: white trains, black is ignored
+            batch["loss_mask"] = torch.stack([decoded["mask"][i][:1] for i in indices]).float() / 255
         samples = [self.samples[i] for i in indices]
         batch["captions"] = self._captions(samples, spec, request)
         if self.text is not None:

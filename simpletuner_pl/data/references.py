@@ -1,10 +1,10 @@
-"""Reference images (FLUX.1 Kontext's input images): a conditioning dataset's files paired with an image dataset's
-samples by relative path.
+"""Paired conditioning images (FLUX.1 Kontext's reference images, loss masks): a conditioning dataset's files
+paired with an image dataset's samples by relative path.
 
 A target `a/b.jpg` pairs with the conditioning folder's `a/b.jpg`, else with its only image of stem `a/b` in any
-format (`a/b.png`). `reference_strict` crops the reference exactly like its target (the same bucket, resize and
-crop box, proportionally for a reference of another size), so their aspect ratios must agree; a target without a
-usable reference is skipped with its reason, like any bad file.
+format (`a/b.png`). The paired image is cropped exactly like its target (the same bucket, resize and crop box,
+proportionally for one of another size), so their aspect ratios must agree. A target without a usable pair comes
+back with its reason (references: skipped like any bad file; masks: an error, since every image needs one).
 """
 
 from __future__ import annotations
@@ -38,32 +38,35 @@ def find_reference(table: Dict[str, FileInfo], rel: str) -> Optional[FileInfo]:
     return table.get(rel) or table.get(_stem(rel))
 
 
-def problem(target: FileInfo, reference: Optional[FileInfo], setting: str) -> Optional[str]:
+def problem(target: FileInfo, reference: Optional[FileInfo], setting: str, kind: str = "reference") -> Optional[str]:
     if reference is None:
-        return f"no reference image of the same relative path in {setting}"
+        return f"no {kind} image of the same relative path in {setting}"
     if reference.error:
-        return f"its reference {reference.rel} cannot be read ({reference.error})"
+        return f"its {kind} {reference.rel} cannot be read ({reference.error})"
     target_aspect, reference_aspect = target.width / target.height, reference.width / reference.height
     if abs(reference_aspect / target_aspect - 1) > ASPECT_TOLERANCE:
-        return (f"its reference {reference.rel} is {reference.width}x{reference.height}, another aspect ratio than "
-                f"{target.width}x{target.height} (reference_strict crops both alike)")
+        return (f"its {kind} {reference.rel} is {reference.width}x{reference.height}, another aspect ratio than "
+                f"{target.width}x{target.height} (both are cropped alike)")
     return None
 
 
-def pair_references(samples: Sequence, infos: Dict[str, FileInfo], listing: Listing,
-                    setting: str) -> Tuple[list, List[Dict[str, str]]]:
-    """(samples with their `reference` set, skipped entries {path, reason}) for catalog `samples` paired with the
-    conditioning `listing`. `infos`: the target files by absolute path; `setting`: the conditioning folder's config
-    key, for messages."""
+def pair_references(samples: Sequence, infos: Dict[str, FileInfo], listing: Listing, setting: str,
+                    kind: str = "reference") -> Tuple[list, List[Dict[str, str]]]:
+    """(samples with their `reference` (or `mask`, by `kind`) set, unpaired entries {path, reason}) for catalog
+    `samples` paired with the conditioning `listing`. `infos`: the target files by absolute path; `setting`: the
+    conditioning folder's config key, for messages."""
     table, kept, skipped = reference_table(listing), [], []
     for sample in samples:
         target = infos[sample.path]
         reference = find_reference(table, target.rel)
-        reason = problem(target, reference, setting)
+        reason = problem(target, reference, setting, kind)
         if reason:
             skipped.append({"path": sample.path, "reason": reason})
             continue
         path = printable(str(listing.root / reference.rel))
-        kept.append(dataclasses.replace(sample, reference=path,
-                                        reference_identity=f"{path}|{reference.mtime_ns}|{reference.size}"))
+        if kind == "mask":
+            kept.append(dataclasses.replace(sample, mask=path))
+        else:
+            kept.append(dataclasses.replace(sample, reference=path,
+                                            reference_identity=f"{path}|{reference.mtime_ns}|{reference.size}"))
     return kept, skipped

@@ -1,4 +1,5 @@
-"""Family-independent LightningModule: frozen base, trainable adapter, optimizer, checkpoint contents, export.
+"""Family-independent LightningModule: frozen base, trainable adapter (`adapted.AdaptedMixin`), optimizer, checkpoint
+contents.
 
 A family subclasses `DiffusionModule`, names its `FamilySpec` and implements the abstract methods: how prompts are
 encoded, the training loss, and its validation/evaluation hooks. Checkpoints hold only trainable tensors (the base
@@ -7,24 +8,20 @@ is re-loaded from its source): megabytes for a LoRA, the whole denoiser for `ada
 
 from __future__ import annotations
 
-import contextlib
-import os
 from abc import ABC, abstractmethod
 from operator import attrgetter
-from pathlib import Path
-from typing import ClassVar, ContextManager, Dict, Iterable, List, Optional, Set, Tuple
+from typing import ClassVar, Dict, Iterable, List, Optional, Set, Tuple
 
 import lightning as L
 import torch
 
-from simpletuner_pl.adapters.export import KOHYA_FILE, save_diffusers_lora, save_full, save_kohya
-from simpletuner_pl.adapters.lora import adapter_metadata, adapter_state_dict, attach_lora, resolve_targets
 from simpletuner_pl.config.schema import AdapterConfig, ModelConfig, OptimizerConfig, TrainConfig
 from simpletuner_pl.config.validation import ValidationConfig
 from simpletuner_pl.data.batch import TEXT_KEYS, Batch
 from simpletuner_pl.inference import InferenceCall
-from simpletuner_pl.io import atomic_dir
 from simpletuner_pl.memory.placement import is_self_placing
+from simpletuner_pl.memory.tread import TokenRouter
+from simpletuner_pl.models.adapted import AdaptedMixin
 from simpletuner_pl.models.family import FamilySpec
 from simpletuner_pl.models.fingerprint import describe
 from simpletuner_pl.optimizers import build_optimizer, set_mode
@@ -32,9 +29,10 @@ from simpletuner_pl.optimizers import build_optimizer, set_mode
 CLIP_MAX_LENGTH = 77
 
 
-class DiffusionModule(L.LightningModule, ABC):
+class DiffusionModule(AdaptedMixin, L.LightningModule, ABC):
     spec: ClassVar[FamilySpec]
     weight_probe: ClassVar[str]  # a parameter never stored as integers: its dtype is the compute dtype
+    router: Optional[TokenRouter] = None  # TREAD (build.assemble_module), for families with routed blocks
 
     def __init__(self, components: Dict[str, object], model: ModelConfig, adapter: AdapterConfig,
                  train: TrainConfig, optimizer: OptimizerConfig, quantised: Optional[Dict[str, str]] = None):
@@ -73,13 +71,10 @@ class DiffusionModule(L.LightningModule, ABC):
         the validation callback and written into the model card's snippet from this one record."""
 
     @abstractmethod
-    def pipeline_loading_code(self, adapter_dir: str) -> List[str]:
+    def pipeline_loading_code(self, adapter_dir: str, strength: float = 1.0) -> List[str]:
         """Python lines that load the base pipeline exactly as validation builds it (scheduler, precision, component
-        overrides) plus the adapter in `adapter_dir`, ending with a `pipe` variable."""
-
-    def inference_adapters(self) -> ContextManager:
-        """The adapters inference uses, active within the block (validation, evaluation); by default all of them."""
-        return contextlib.nullcontext()
+        overrides) plus the adapter in `adapter_dir` (at a prompt's `strength` where that is not a pipeline
+        argument), ending with a `pipe` variable."""
 
     @abstractmethod
     def preview_latents(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -116,15 +111,6 @@ class DiffusionModule(L.LightningModule, ABC):
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
-    def attach_adapter(self):
-        """Make the denoiser trainable: whole (fp32 master weights) or through a PEFT LoRA/DoRA."""
-        if self.adapter_cfg.type == "full":
-            # fp32 master weights whatever the load dtype: bf16 weights would round away lr·update-sized steps.
-            self.denoiser.to(torch.float32).requires_grad_(True)
-            return None
-        targets = resolve_targets(self.denoiser, self.adapter_cfg.target, self.spec.targets)
-        return attach_lora(self.denoiser, self.adapter_cfg, targets)
-
     def _apply(self, fn, recurse: bool = True):
         """Lightning's `.to(device)` skips components that place themselves (group offload, model CPU offload) or
         wait elsewhere: moving them whole onto the GPU is exactly the peak those options avoid."""
@@ -151,8 +137,18 @@ class DiffusionModule(L.LightningModule, ABC):
     def training_step(self, batch: Batch, batch_idx: int):
         loss = self.training_loss(batch)
         self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=self.train_cfg.batch_size)
+        if batch.get("is_regularisation"):  # towards the base model's own prediction: a curve of its own
+            self.log_this_step("train/regularisation_loss", loss)
         self.log("lr", self.lr_schedulers().get_last_lr()[0], on_step=True, batch_size=self.train_cfg.batch_size)
         return loss
+
+    def log_this_step(self, name: str, value: torch.Tensor) -> None:
+        """A metric of some steps only, at the trainer's logging cadence: Lightning's `self.log` would repeat its
+        last value on the steps that do not log it."""
+        trainer = self.trainer
+        if (trainer.global_step + 1) % trainer.log_every_n_steps == 0:
+            for logger in trainer.loggers:
+                logger.log_metrics({name: float(value)}, step=trainer.global_step)
 
     def configure_optimizers(self):
         from diffusers.optimization import get_scheduler
@@ -185,6 +181,15 @@ class DiffusionModule(L.LightningModule, ABC):
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         return (latents - shift) * vae.config.scaling_factor
 
+    @staticmethod
+    def mask_of(batch: Batch, latents: torch.Tensor) -> Optional[torch.Tensor]:
+        """The batch's loss mask at the latents' resolution ([B, 1, h, w] in [0, 1], area-averaged), or None."""
+        mask = batch.get("loss_mask")
+        if mask is None:
+            return None
+        return torch.nn.functional.interpolate(mask.to(latents.device, torch.float32), size=latents.shape[-2:],
+                                               mode="area")
+
     def latents_of(self, batch: Batch) -> torch.Tensor:
         """The batch's latents in fp32 (noise and targets in fp32 whatever the VAE dtype), encoded if uncached."""
         latents = batch["latents"] if "latents" in batch else self.encode_images(batch["pixel_values"])
@@ -211,25 +216,3 @@ class DiffusionModule(L.LightningModule, ABC):
             for i, caption in enumerate(missing):
                 self._text_cache[caption] = {k: v[i] for k, v in encoded.items()}
         return {k: torch.stack([self._text_cache[c][k] for c in captions]) for k in self._text_cache[captions[0]]}
-
-    # ---- export ------------------------------------------------------------------------------------------------
-    def adapter_state_dict(self) -> Dict[str, torch.Tensor]:
-        return adapter_state_dict(self.denoiser, self.lora_init_state)
-
-    def write_adapter(self, directory: Path) -> None:
-        """The trained weights: a diffusers folder of the denoiser for `adapter=full`, else the family pipeline's
-        LoRA file, plus a Kohya/ComfyUI file with `adapter.export_format=kohya`."""
-        name = self.spec.denoiser_name
-        if self.adapter_cfg.type == "full":
-            save_full(self.denoiser, directory / name)
-            return
-        state, metadata = self.adapter_state_dict(), adapter_metadata(self.denoiser, self.lora_init_state)
-        save_diffusers_lora(self.spec.pipeline_cls(), directory, name, state, metadata)
-        if self.adapter_cfg.export_format == "kohya":
-            save_kohya(state, metadata["lora_alpha"], directory / KOHYA_FILE, prefix=name)
-
-    def export_adapter(self, directory: str | os.PathLike) -> Path:
-        """Write the adapter into `directory` atomically: a crash mid-write never leaves a half file behind."""
-        with atomic_dir(directory) as staging:
-            self.write_adapter(staging)
-        return Path(directory)

@@ -3,7 +3,8 @@
     load + quantise   (streamed block by block when the denoiser is quantised and comes from a folder)
     → attention backend, VAE tiling
     → the family's module: frozen base + adapter (LoRA/DoRA or full)
-    → trainable dtype → gradient checkpointing (interval) → torch.compile of the blocks → group offload
+    → trainable dtype → TREAD token routing → gradient checkpointing (interval) → torch.compile of the blocks
+    → group offload
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from simpletuner_pl.memory.attention import set_attention_backend
 from simpletuner_pl.memory.checkpointing import enable_gradient_checkpointing
 from simpletuner_pl.memory.compile import compile_blocks
 from simpletuner_pl.memory.offload import group_offload
+from simpletuner_pl.memory.tread import TokenRouter, resolve_routes
 from simpletuner_pl.models.base import DiffusionModule
 from simpletuner_pl.models.family import FamilySpec
 from simpletuner_pl.models.registry import family
@@ -55,6 +57,11 @@ def assemble_module(cfg: RunConfig, spec: FamilySpec, components: Dict[str, obje
     module = spec.module_class()(components, cfg.model, cfg.adapter, cfg.train, cfg.optimizer, quantised)
     denoiser, train = module.denoiser, cfg.train
     cast_trainable(module.trainable_parameters(), cfg.optimizer)
+    if cfg.tread.routes:
+        depth = sum(len(getattr(denoiser, name)) for name in spec.routed_blocks)
+        module.router = TokenRouter(denoiser, spec.routed_blocks, resolve_routes(cfg.tread.routes, depth))
+        log.info("TREAD: %s", ", ".join(f"{r.ratio:g} of the image tokens skip blocks {r.start}..{r.end}"
+                                        for r in module.router.routes))
     if train.gradient_checkpointing:
         blocks = enable_gradient_checkpointing(denoiser, train.gradient_checkpointing_interval)
         log.info("gradient checkpointing: %d blocks", len(blocks))

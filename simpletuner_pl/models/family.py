@@ -43,6 +43,7 @@ class FamilySpec:
     tokenizers: Tuple[str, ...] = ("tokenizer", "tokenizer_2")
     planner: Optional[str] = None  # module with `meta_components`/`profile_inputs`; None: not priced
     flavour_pipelines: Mapping[str, str] = field(default_factory=dict)  # flavour → its own "diffusers:<Pipeline>"
+    routed_blocks: Tuple[str, ...] = ()  # TREAD: the denoiser's token-block lists in order; () = no token routing
 
     def module_class(self) -> type:
         return resolve(self.module)

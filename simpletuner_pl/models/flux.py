@@ -9,20 +9,20 @@ bit-identical to `FluxPipeline.encode_prompt`), or zeros there (`zero`); the tok
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from typing import ContextManager, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from simpletuner_pl.adapters import assistant
+from simpletuner_pl.adapters.switch import adapter_disabled
 from simpletuner_pl.config.validation import ValidationConfig
 from simpletuner_pl.data.batch import Batch
 from simpletuner_pl.inference import InferenceCall
+from simpletuner_pl.losses import weighted_mse
 from simpletuner_pl.models.base import CLIP_MAX_LENGTH, DiffusionModule
-from simpletuner_pl.models.flux_inputs import transformer_inputs
+from simpletuner_pl.models.flux_inputs import force_keep, transformer_inputs
 from simpletuner_pl.models.flux_spec import FLUX, loading_code
 from simpletuner_pl.schedules import flux_mu, sample_sigmas
 
@@ -46,9 +46,9 @@ class FluxModule(DiffusionModule):
         return init_state
 
     def inference_adapters(self) -> ContextManager:
-        if self.model_cfg.assistant_lora_path:
+        if self.model_cfg.assistant_lora_path:  # the trained LoRA alone, as it is used on stock schnell
             return assistant.without_assistant(self.transformer)
-        return contextlib.nullcontext()
+        return super().inference_adapters()
 
     def cache_identity(self) -> Dict[str, str]:
         identity = super().cache_identity()
@@ -92,17 +92,34 @@ class FluxModule(DiffusionModule):
         return FluxPipeline._unpack_latents(out, h * scale, w * scale, scale)
 
     def flow_matching_loss(self, latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor,
-                           text: Dict[str, torch.Tensor], reference: Optional[torch.Tensor] = None) -> torch.Tensor:
+                           text: Dict[str, torch.Tensor], reference: Optional[torch.Tensor] = None,
+                           mask: Optional[torch.Tensor] = None, regularisation: bool = False) -> torch.Tensor:
+        """MSE to the velocity ε - x0, or, for regularisation data, to the base model's own prediction on the same
+        input (adapter off, no gradient); `mask` ([B, 1, h, w]) weights each latent element."""
         s = sigmas.view(-1, 1, 1, 1).to(latents.dtype)
         noisy = (1 - s) * latents + s * noise
-        prediction = self.predict_velocity(noisy, sigmas, text, reference)
-        return F.mse_loss(prediction.float(), (noise - latents).float())
+        if regularisation:
+            with torch.no_grad(), self.base_model():
+                target = self.predict_velocity(noisy, sigmas, text, reference)
+        else:
+            target = noise - latents
+        return weighted_mse(self.predict_velocity(noisy, sigmas, text, reference), target, mask=mask)
 
     def training_loss(self, batch: Batch) -> torch.Tensor:
         latents, text, reference = self.latents_of(batch), self.text_of(batch), self.reference_of(batch)
+        mask = self.mask_of(batch, latents)
         b, _, h, w = latents.shape
         sigmas = sample_sigmas(b, self.train_cfg, (h // 2) * (w // 2), self.scheduler_config, latents.device)
-        return self.flow_matching_loss(latents, torch.randn_like(latents), sigmas, text, reference)
+        if self.router is not None:  # TREAD keeps the masked regions' tokens
+            self.router.force_keep = None if mask is None else force_keep(mask, reference is not None)
+        return self.flow_matching_loss(latents, torch.randn_like(latents), sigmas, text, reference, mask,
+                                       bool(batch.get("is_regularisation")))
+
+    def base_model(self) -> ContextManager:
+        if self.model_cfg.assistant_lora_path:  # the base the LoRA trains on is schnell with its assistant
+            return adapter_disabled(self.transformer, keep=[assistant.NAME], active=[assistant.NAME,
+                                                                                    assistant.TRAINED])
+        return super().base_model()
 
     # ---- validation / evaluation ----------------------------------------------------------------------------------
     def validation_pipeline(self):
@@ -126,17 +143,16 @@ class FluxModule(DiffusionModule):
         real_cfg = validation.guidance_real > 1
         if real_cfg:
             kwargs.update(true_cfg_scale=validation.guidance_real, negative_prompt=validation.negative_prompt)
-        if adapter_strength != 1.0:
-            kwargs["joint_attention_kwargs"] = {"scale": adapter_strength}
+        kwargs.update(self.lora_scale_kwargs("joint_attention_kwargs", adapter_strength))
         reference = validation.reference_image if self.model_cfg.flavour == "kontext" else None
         if reference is not None:
             kwargs["max_area"] = width * height  # Kontext's pipeline resizes its output to this area
         return InferenceCall(kwargs, masked=self.model_cfg.attention_masked_training,
                              cfg_delay=validation.no_cfg_until_timestep if real_cfg else 0, reference_image=reference)
 
-    def pipeline_loading_code(self, adapter_dir: str) -> List[str]:
+    def pipeline_loading_code(self, adapter_dir: str, strength: float = 1.0) -> List[str]:
         return loading_code(self.model_cfg, self.adapter_cfg.type, self.component_dtype, self.dtype_name,
-                            adapter_dir, self.quantised)
+                            adapter_dir, strength, self.quantised)
 
     def preview_latents(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Packed pipeline latents → unscaled VAE latents, which a Tiny AutoEncoder (TAEF1) decodes."""

@@ -37,6 +37,14 @@ def guidance(model: ModelConfig, batch: int, device: torch.device, training: boo
     return torch.full((batch,), model.guidance_value, device=device, dtype=torch.float32)
 
 
+def force_keep(mask: torch.Tensor, with_reference: bool) -> torch.Tensor:
+    """TREAD's tokens to keep for a loss mask [B, 1, h, w]: the 2x2 patches whose area-mean is above 0.5 (the
+    regions the loss counts), [B, h/2·w/2]; Kontext's reference tokens follow, never forced."""
+    grid = torch.nn.functional.interpolate(mask.float(), size=(mask.shape[2] // 2, mask.shape[3] // 2), mode="area")
+    keep = grid[:, 0].flatten(1) > 0.5
+    return torch.cat([keep, torch.zeros_like(keep)], dim=1) if with_reference else keep
+
+
 def transformer_inputs(noisy: torch.Tensor, text: Dict[str, torch.Tensor], dtype: torch.dtype, model: ModelConfig,
                        guidance_embeds: bool, training: bool,
                        reference: Optional[torch.Tensor] = None) -> Tuple[Dict[str, object], int]:

@@ -22,7 +22,7 @@ from simpletuner_pl.config.schema import ModelConfig, RunConfig
 from simpletuner_pl.config.validation import ValidationConfig
 from simpletuner_pl.errors import ConfigError
 from simpletuner_pl.models.family import FamilySpec
-from simpletuner_pl.models.snippet_code import BuiltIn, LoadedApart, pipeline_code
+from simpletuner_pl.models.snippet_code import BuiltIn, LoadedApart, adapter_code, pipeline_code
 from simpletuner_pl.sources import Source, component_source, pipeline_sources, subfolder
 
 TRANSFORMER_KEY = "model.pretrained_transformer_model_name_or_path"
@@ -114,22 +114,24 @@ def check_kontext(cfg: RunConfig) -> None:
     if validation.reference_image and not kontext:
         raise ConfigError("validation.reference_image is the input image of FLUX.1 Kontext's edits; "
                           f"model.flavour={cfg.model.flavour} does not take one (pick model=flux_kontext)")
-    if cfg.data.conditioning() and not kontext:
-        raise ConfigError("conditioning datasets (dataset_type: conditioning) feed FLUX.1 Kontext's reference images; "
-                          f"model.flavour={cfg.model.flavour} does not read them")
+    references = {n for n, ds in cfg.data.conditioning().items() if ds.conditioning_type == "reference_strict"}
+    if references and not kontext:
+        raise ConfigError(f"conditioning datasets of reference images ({', '.join(sorted(references))}) feed FLUX.1 "
+                          f"Kontext; model.flavour={cfg.model.flavour} does not read them")
     if not kontext:
         return
-    unpaired = [name for name, ds in cfg.data.training().items() if ds.conditioning_data is None]
+    unpaired = [name for name, ds in cfg.data.training().items() if ds.conditioning_data not in references]
     if unpaired:
         raise ConfigError(f"model.flavour=kontext trains edits of a reference image: give dataset(s) "
                           f"{', '.join(unpaired)} a data.datasets.<id>.conditioning_data (the id of a dataset with "
-                          "dataset_type: conditioning holding the reference images under the same relative paths)")
+                          "dataset_type: conditioning, conditioning_type: reference_strict, holding the reference "
+                          "images under the same relative paths)")
     if validation.enabled and not validation.reference_image:
         raise ConfigError("model.flavour=kontext edits an input image at validation: set validation.reference_image "
                           "to an image file")
     loss = cfg.eval.eval_loss
     held_out = next(iter(cfg.data.held_out().values()), None)
-    if loss.enabled and (loss.instance_data_dir or held_out is None or held_out.conditioning_data is None):
+    if loss.enabled and (loss.instance_data_dir or held_out is None or held_out.conditioning_data not in references):
         raise ConfigError("model.flavour=kontext scores edits of reference images: its eval loss needs a "
                           "dataset_type: eval dataset with a conditioning_data (the held-out references), not "
                           "eval.eval_loss.instance_data_dir")
@@ -140,7 +142,7 @@ def guidance_embeds(model: ModelConfig) -> bool:
 
 
 def loading_code(model: ModelConfig, adapter_type: str, dtype: str, denoiser_dtype: str, adapter_dir: str,
-                 quantised: Optional[Mapping[str, str]] = None) -> List[str]:
+                 strength: float = 1.0, quantised: Optional[Mapping[str, str]] = None) -> List[str]:
     """The model card's pipeline lines: the flavour's pipeline, the transformer/VAE overrides, the adapter."""
     apart = []
     if adapter_type == "full":
@@ -154,7 +156,8 @@ def loading_code(model: ModelConfig, adapter_type: str, dtype: str, denoiser_dty
     built_in = BuiltIn("simpletuner_pl.models.tiny_flux",
                        f"build_tiny_flux_components(guidance_embeds={guidance_embeds(model)})") if model.tiny else None
     return pipeline_code(FLAVOURS[model.flavour].pipeline, model, dtype, apart,
-                         None if adapter_type == "full" else adapter_dir, quantised=quantised, built_in=built_in)
+                         adapter_code(adapter_type, adapter_dir, "transformer", strength), quantised=quantised,
+                         built_in=built_in)
 
 
 FLUX = FamilySpec(
@@ -170,5 +173,6 @@ FLUX = FamilySpec(
              "validation.reference_image"),
     sources=sources, denoiser_source=transformer_source, check=check,
     flavour_pipelines={name: f"diffusers:{f.pipeline}" for name, f in FLAVOURS.items()},
+    routed_blocks=("transformer_blocks", "single_transformer_blocks"),
     planner="simpletuner_pl.models.flux_planner",
 )

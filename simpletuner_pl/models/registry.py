@@ -61,5 +61,8 @@ def check_config(cfg: RunConfig) -> FamilySpec:
         owners = ", ".join(o.title for o in FAMILIES.values() if o is not spec and set(o.options) & set(foreign))
         raise ConfigError(f"{', '.join(foreign)}: {owners}-only option(s), which {spec.title} does not read. "
                           f"Remove them or pick that model=<group>.")
+    if cfg.tread.routes and not spec.routed_blocks:
+        raise ConfigError(f"tread routes image tokens through transformer blocks; {spec.title}'s denoiser has no "
+                          "token blocks to route: use tread=off")
     spec.check(cfg)
     return spec

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from simpletuner_pl.config.validation import ValidationConfig
 from simpletuner_pl.data.batch import TIME_ID_KEYS, Batch
@@ -106,36 +105,50 @@ class SDXLModule(DiffusionModule):
                          added_cond_kwargs=added, return_dict=False)[0]
 
     def ddpm_loss(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
-                  cond: Dict[str, torch.Tensor], weighted: bool = True) -> torch.Tensor:
-        """MSE to ε or v at x_t = scheduler.add_noise(x0, ε, t), min-SNR weighted when `train.snr_gamma` is set."""
+                  cond: Dict[str, torch.Tensor], weighted: bool = True, mask: Optional[torch.Tensor] = None,
+                  regularisation: bool = False) -> torch.Tensor:
+        """MSE to ε or v at x_t = scheduler.add_noise(x0, ε, t) (regularisation data: to the base model's own
+        prediction there), min-SNR weighted when `train.snr_gamma` is set, `mask` weighting each latent element."""
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
-        target = ddpm_target(self.scheduler, latents, noise, timesteps, self.prediction_type)
+        if regularisation:
+            with torch.no_grad(), self.base_model():
+                target = self.predict(noisy, timesteps, cond)
+        else:
+            target = ddpm_target(self.scheduler, latents, noise, timesteps, self.prediction_type)
         gamma = self.train_cfg.snr_gamma if weighted else None
         weights = None if gamma is None else min_snr_weights(self.scheduler, timesteps, gamma, self.prediction_type)
-        return weighted_mse(self.predict(noisy, timesteps, cond), target, weights)
+        return weighted_mse(self.predict(noisy, timesteps, cond), target, weights, mask)
 
     def diff2flow_loss(self, latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor,
-                       cond: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """Flow matching through the DDPM UNet (see `simpletuner_pl.losses`): MSE(ε̂ - x̂0, ε - x0)."""
+                       cond: Dict[str, torch.Tensor], mask: Optional[torch.Tensor] = None,
+                       regularisation: bool = False) -> torch.Tensor:
+        """Flow matching through the DDPM UNet (see `simpletuner_pl.losses`): MSE(ε̂ - x̂0, ε - x0), or to the base
+        model's own velocity for regularisation data."""
         alphas_cumprod = self.scheduler.alphas_cumprod
         sigmas = clamp_to_schedule(sigmas.float(), alphas_cumprod)
         a, s = flow_coefficients(sigmas)
         noisy = a.view(-1, 1, 1, 1) * latents + s.view(-1, 1, 1, 1) * noise
-        prediction = self.predict(noisy, sigma_to_timestep(sigmas, alphas_cumprod), cond)
-        velocity = prediction_to_flow(prediction.float(), noisy, a, s, self.prediction_type)
-        return F.mse_loss(velocity, noise - latents)
+        timesteps = sigma_to_timestep(sigmas, alphas_cumprod)
+        if regularisation:
+            with torch.no_grad(), self.base_model():
+                target = prediction_to_flow(self.predict(noisy, timesteps, cond).float(), noisy, a, s,
+                                            self.prediction_type)
+        else:
+            target = noise - latents
+        velocity = prediction_to_flow(self.predict(noisy, timesteps, cond).float(), noisy, a, s, self.prediction_type)
+        return weighted_mse(velocity, target, mask=mask)
 
     def training_loss(self, batch: Batch) -> torch.Tensor:
         latents = self.latents_of(batch)
-        cond = self.conditioning(batch, latents)
-        train = self.train_cfg
+        cond, mask = self.conditioning(batch, latents), self.mask_of(batch, latents)
+        train, regularisation = self.train_cfg, bool(batch.get("is_regularisation"))
         noise = offset_noise(torch.randn_like(latents), train.noise_offset, train.noise_offset_probability)
         b, _, h, w = latents.shape
         if train.diff2flow:
             sigmas = sample_sigmas(b, train, (h // 2) * (w // 2), dict(self.scheduler.config), latents.device)
-            return self.diff2flow_loss(latents, noise, sigmas, cond)
+            return self.diff2flow_loss(latents, noise, sigmas, cond, mask, regularisation)
         timesteps = sample_timesteps(b, self.scheduler.config.num_train_timesteps, latents.device)
-        return self.ddpm_loss(latents, noise, timesteps, cond)
+        return self.ddpm_loss(latents, noise, timesteps, cond, mask=mask, regularisation=regularisation)
 
     # ---- validation / evaluation ----------------------------------------------------------------------------------
     def validation_pipeline(self):
@@ -158,13 +171,12 @@ class SDXLModule(DiffusionModule):
                                          guidance_scale=validation.guidance)
         if validation.guidance > 1 and validation.negative_prompt:
             kwargs["negative_prompt"] = validation.negative_prompt
-        if adapter_strength != 1.0:
-            kwargs["cross_attention_kwargs"] = {"scale": adapter_strength}
+        kwargs.update(self.lora_scale_kwargs("cross_attention_kwargs", adapter_strength))
         return InferenceCall(kwargs)
 
-    def pipeline_loading_code(self, adapter_dir: str) -> List[str]:
+    def pipeline_loading_code(self, adapter_dir: str, strength: float = 1.0) -> List[str]:
         return loading_code(self.model_cfg, self.adapter_cfg.type, self.component_dtype, self.dtype_name,
-                            adapter_dir, self.prediction_type, self.quantised)
+                            adapter_dir, self.prediction_type, strength, self.quantised)
 
     def preview_latents(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """TAESD/TAESDXL decode the pipeline's (scaled) latents as they are: nothing to unpack."""

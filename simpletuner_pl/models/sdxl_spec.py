@@ -12,7 +12,7 @@ from simpletuner_pl.config.registries import PRECISIONS, SDXL_TARGETS
 from simpletuner_pl.config.schema import ModelConfig, RunConfig
 from simpletuner_pl.errors import ConfigError
 from simpletuner_pl.models.family import FamilySpec
-from simpletuner_pl.models.snippet_code import BuiltIn, LoadedApart, pipeline_code
+from simpletuner_pl.models.snippet_code import BuiltIn, LoadedApart, adapter_code, pipeline_code
 from simpletuner_pl.sources import Source, component_source, pipeline_sources, subfolder
 
 UNET_KEY = "model.pretrained_unet_model_name_or_path"
@@ -42,6 +42,10 @@ def check(cfg: RunConfig) -> None:
     if adapter.export_format == "kohya" and adapter.use_dora:
         raise ConfigError("adapter.export_format=kohya cannot carry DoRA magnitudes (diffusers drops Kohya "
                           "dora_scale tensors); use adapter.export_format=diffusers or adapter.use_dora=false")
+    references = sorted(n for n, ds in cfg.data.conditioning().items() if ds.conditioning_type == "reference_strict")
+    if references:
+        raise ConfigError(f"conditioning datasets of reference images ({', '.join(references)}) feed FLUX.1 Kontext; "
+                          "SDXL does not read them (loss masks, conditioning_type: mask, it does)")
     if cfg.model.attention_backend != "sdpa":
         raise ConfigError(f"model.attention_backend={cfg.model.attention_backend} would do nothing for SDXL: the "
                           "UNet's attention processors call torch's scaled_dot_product_attention directly, not "
@@ -58,7 +62,8 @@ def validation_scheduler(prediction_type: str) -> str:
 
 
 def loading_code(model: ModelConfig, adapter_type: str, dtype: str, denoiser_dtype: str, adapter_dir: str,
-                 prediction_type: str, quantised: Optional[Mapping[str, str]] = None) -> List[str]:
+                 prediction_type: str, strength: float = 1.0,
+                 quantised: Optional[Mapping[str, str]] = None) -> List[str]:
     """The model card's pipeline lines: the UNet/VAE overrides, the DDIM (trailing) scheduler, the adapter."""
     apart = []
     if adapter_type == "full":
@@ -70,8 +75,8 @@ def loading_code(model: ModelConfig, adapter_type: str, dtype: str, denoiser_dty
                                  subfolder(model.pretrained_vae_subfolder), dtype))
     built_in = BuiltIn("simpletuner_pl.models.tiny_sdxl", "build_tiny_sdxl_components()") if model.tiny else None
     return pipeline_code("StableDiffusionXLPipeline", model, dtype, apart,
-                         None if adapter_type == "full" else adapter_dir, [validation_scheduler(prediction_type)],
-                         ["DDIMScheduler"], quantised, built_in)
+                         adapter_code(adapter_type, adapter_dir, "unet", strength),
+                         [validation_scheduler(prediction_type)], ["DDIMScheduler"], quantised, built_in)
 
 
 SDXL = FamilySpec(

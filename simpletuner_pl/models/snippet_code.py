@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Mapping, Optional, Sequence
 
+from simpletuner_pl.adapters.lokr import LOKR_FILE
 from simpletuner_pl.config.registries import PRECISIONS
 from simpletuner_pl.config.schema import ModelConfig
 
@@ -39,12 +40,26 @@ class BuiltIn:
     call: str  # e.g. build_tiny_flux_components(guidance_embeds=False)
 
 
+def adapter_code(adapter_type: str, adapter_dir: str, denoiser: str, strength: float = 1.0) -> List[str]:
+    """The lines that put the trained adapter on `pipe`: diffusers' LoRA loader, or LyCORIS for a LoKr (at a
+    prompt's strength); a full fine-tune is a component read apart instead (nothing here)."""
+    if adapter_type == "lora":
+        return [f"pipe.load_lora_weights({adapter_dir!r})  # this adapter folder"]
+    if adapter_type != "lokr":
+        return []
+    lines = ["from simpletuner_pl.adapters.lokr import load_lokr_weights",
+             f"lokr = load_lokr_weights(pipe.{denoiser}, {f'{adapter_dir}/{LOKR_FILE}'!r})  # this adapter's LoKr"]
+    if strength != 1.0:
+        lines.append(f"lokr.set_multiplier(lokr.multiplier * {strength!r})  # the prompt's adapter strength")
+    return lines
+
+
 def pipeline_code(pipeline: str, model: ModelConfig, dtype: str, apart: Sequence[LoadedApart],
-                  lora_dir: Optional[str], after_load: Sequence[str] = (), extra_imports: Sequence[str] = (),
+                  adapter: Sequence[str], after_load: Sequence[str] = (), extra_imports: Sequence[str] = (),
                   quantised: Optional[Mapping[str, str]] = None, built_in: Optional[BuiltIn] = None) -> List[str]:
     """Lines ending with `pipe` on `device`: the base pipeline at `dtype`, the components in `apart`, the lines in
-    `after_load`, then the LoRA in `lora_dir` (None: nothing to load, e.g. a full fine-tune passed in `apart`);
-    `quantised` (component → precision) is stated in a comment; `built_in` replaces the base folder."""
+    `after_load`, then the `adapter` lines (`adapter_code`); `quantised` (component → precision) is stated in a
+    comment; `built_in` replaces the base folder."""
     classes = sorted({pipeline, *(c.cls for c in apart), *extra_imports})
     lines = [f"from diffusers import {', '.join(classes)}"]
     if built_in is not None:
@@ -70,8 +85,5 @@ def pipeline_code(pipeline: str, model: ModelConfig, dtype: str, apart: Sequence
         revision = f", revision={model.revision!r}" if model.revision else ""
         lines.append(f"pipe = {pipeline}.from_pretrained({model.pretrained_model_name_or_path!r}{passed}{revision}, "
                      f"dtype=torch.{dtype})")
-    lines += list(after_load)
-    if lora_dir is not None:
-        lines.append(f"pipe.load_lora_weights({lora_dir!r})  # this adapter folder")
-    lines.append("pipe.to(device)")
+    lines += [*after_load, *adapter, "pipe.to(device)"]
     return lines
