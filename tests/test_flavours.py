@@ -51,7 +51,9 @@ def reproduce(run_dir: Path) -> tuple:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_assistant_lora, tiny_flux_dir, tiny_sdxl_dir):
-    """One short validated run per flavour (kontext through the command line), keyed by flavour."""
+    """One short validated run per flavour, keyed by flavour. All in this process: a fresh process may round a
+    pixel differently on some CPUs (seen once, 1/255 on one pixel of the Kontext image), which is not what this
+    compares; the command-line Kontext run is tested on its own below."""
     from simpletuner_pl.train import run
 
     out = {}
@@ -59,11 +61,7 @@ def runs(tmp_path_factory, tiny_assistant_lora, tiny_flux_dir, tiny_sdxl_dir):
         folder = tmp_path_factory.mktemp(name)
         args = [o.format(assistant=tiny_assistant_lora, flux=tiny_flux_dir, sdxl=tiny_sdxl_dir) for o in overrides]
         args += COMMON + [f"output_dir={folder / 'run'}", f"data.cache_dir={folder / 'cache'}"]
-        if name == "kontext":
-            result = run_cli(*args)
-            assert result.returncode == 0, result.stderr[-3000:]
-        else:
-            run(compose(*args))
+        run(compose(*args))
         out[name] = folder / "run"
     return out
 
@@ -99,9 +97,11 @@ def test_schnell_exports_only_the_trained_lora(runs, tiny_assistant_lora):
     assert not any(torch.equal(exported[k], assistant[k]) for k in exported.keys() & assistant.keys())
 
 
-def test_kontext_trains_on_reference_latents(runs):
-    log = (runs["kontext"] / "cli.log").read_text()
-    assert "demo_references: encoding 5 latents" in log
+def test_kontext_trains_on_reference_latents_from_the_command_line(tmp_path):
+    result = run_cli("experiment=demo_kontext", "train.max_steps=1", "validation=off", CPU,
+                     f"output_dir={tmp_path / 'run'}", f"data.cache_dir={tmp_path / 'cache'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "demo_references: encoding 5 latents" in (tmp_path / "run" / "cli.log").read_text()
 
 
 def test_every_flavour_names_its_pipeline_and_guidance_embedding():
