@@ -100,3 +100,14 @@ def make_datamodule(cfg, tmp_path: Path, rank: int = 0, world: int = 1):
     dm.trainer = SimpleNamespace(global_rank=rank, world_size=world, strategy=SimpleNamespace(barrier=lambda: None))
     dm.setup("fit")
     return dm
+
+
+def perturb_zero_factors(module) -> None:
+    """Zero-initialised factors (LoRA's B, LoKr's w2) block their partner's gradient by construction."""
+    import torch
+
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(6)
+        for param in module.trainable_parameters():
+            if not param.any():
+                param.normal_(std=0.02)

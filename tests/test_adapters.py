@@ -8,18 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from helpers import CPU, compose, read_metrics, tiny_module, typed
+from helpers import CPU, compose, perturb_zero_factors, read_metrics, tiny_module, typed
 
 ADAPTERS = {"lora": (), "dora": ("adapter.use_dora=true",), "lokr": ("adapter=lokr",), "full": ("adapter=full",)}
-
-
-def perturb_zero_factors(module) -> None:
-    """Zero-initialised factors (LoRA's B, LoKr's w2) block their partner's gradient by construction."""
-    with torch.no_grad(), torch.random.fork_rng():
-        torch.manual_seed(6)
-        for param in module.trainable_parameters():
-            if not param.any():
-                param.normal_(std=0.02)
 
 
 def flux_batch(module):
@@ -85,7 +76,7 @@ def test_a_diffusers_file_starts_the_run_with_its_exact_delta(tmp_path, alpha):
 
 def test_a_kohya_file_starts_an_sdxl_run_exactly(tmp_path):
     source = trained_lora(tmp_path / "source", "adapter.export_format=kohya", family="sdxl")
-    kohya = tmp_path / "source" / "pytorch_lora_weights_kohya.safetensors"
+    kohya = tmp_path / "source" / "pytorch_lora_weights.safetensors"
     resumed = tiny_module(f"adapter.init_lora={kohya}", family="sdxl")
     ours, theirs = resumed.adapter_state_dict(), source.adapter_state_dict()
     assert ours.keys() == theirs.keys()

@@ -45,15 +45,27 @@ def render(pipe) -> torch.Tensor:
 def test_kohya_export_round_trips_through_diffusers(trained, tiny_sdxl_dir):
     from diffusers import StableDiffusionXLPipeline
 
-    kohya = load_file(trained / "adapter" / "pytorch_lora_weights_kohya.safetensors")
+    kohya = load_file(trained / "adapter" / "pytorch_lora_weights.safetensors")
     name = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_out_0"
     assert {f"{name}.lora_down.weight", f"{name}.lora_up.weight", f"{name}.alpha"} <= set(kohya)
     assert all(k.startswith("lora_unet_") for k in kohya)
     assert {v.item() for k, v in kohya.items() if k.endswith(".alpha")} == {2.0}
-    diffusers_pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_dir)
-    diffusers_pipe.load_lora_weights(trained / "adapter")
+    # the same tensors in diffusers' own layout (alpha in its metadata) render the same image
+    from simpletuner_pl.adapters.layouts import LoraTensors
+
+    peft = {}
+    for key, value in kohya.items():
+        if key.endswith(".lora_down.weight"):
+            path = key[len("lora_unet_"):-len(".lora_down.weight")]
+            peft[path] = (value, kohya[key.replace("lora_down", "lora_up")])
     kohya_pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_dir)
-    kohya_pipe.load_lora_weights(trained / "adapter", weight_name="pytorch_lora_weights_kohya.safetensors")
+    kohya_pipe.load_lora_weights(trained / "adapter")
+    diffusers_pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_dir)
+    names = {n.replace(".", "_"): n for n, _ in diffusers_pipe.unet.named_modules()}
+    lora = LoraTensors(down={names[p]: d for p, (d, _) in peft.items()}, up={names[p]: u for p, (_, u) in peft.items()})
+    diffusers_pipe.load_lora_weights({f"unet.{k}": v for k, v in lora.peft_state().items()},
+                                     adapter_name="plain")
+    diffusers_pipe.set_adapters("plain", adapter_weights=0.5)  # alpha 2 / rank 4, as the .alpha tensors say
     torch.testing.assert_close(render(kohya_pipe), render(diffusers_pipe))
 
 

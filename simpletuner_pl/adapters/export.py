@@ -1,48 +1,54 @@
-"""Adapter export formats beyond diffusers': Kohya/ComfyUI LoRA files, and full fine-tunes as diffusers folders.
+"""Writing the trained adapter: LoRA files in the layout `adapter.export_format` names (`layouts`), and full
+fine-tunes as diffusers folders.
 
-Kohya layout (what A1111, Forge, ComfyUI and diffusers' `load_lora_weights` all read for SDXL):
-`lora_unet_<module path with '.' → '_'>.lora_down.weight` (= PEFT lora_A), `.lora_up.weight` (= lora_B) and a
-scalar `.alpha` per module, with the module path in diffusers naming (SimpleTuner's `--lora_format comfyui`).
-The alpha tensor is the real LoRA alpha: loaders scale by alpha/rank, so writing the rank there (diffusers'
-`convert_state_dict_to_kohya` does) would silently change the strength of any LoRA trained with alpha ≠ rank.
-DoRA is not exported this way: diffusers drops Kohya `dora_scale` tensors on load, so no round trip could check it.
+`export_format` → layout of `pytorch_lora_weights.safetensors` is the family's (`FamilySpec.export_formats`):
+`universal` (default) is the layout both diffusers' `load_lora_weights` and ComfyUI's LoRA loader apply exactly
+(Flux `peft+alpha`, SDXL `kohya`); `diffusers` is diffusers' own writer; `kohya`/`comfyui` name the layout those
+tools read. A DoRA adapter's magnitudes only have one exact reading in diffusers (PEFT's `lora_magnitude_vector`),
+so `universal` writes that file and, beside it, `pytorch_lora_weights_comfyui.safetensors` with ComfyUI's
+`dora_scale` (computed from the base weights).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict
+from typing import Callable, Dict, List, Mapping
 
 import torch
 
-KOHYA_FILE = "pytorch_lora_weights_kohya.safetensors"
-_SUFFIXES = {".lora_A.weight": "lora_down.weight", ".lora_B.weight": "lora_up.weight"}
+from simpletuner_pl.adapters.layouts import COMFYUI_FILE, LORA_FILE, LoraTensors, to_layout
 
 
-def to_kohya(state: Dict[str, torch.Tensor], alpha: float, prefix: str = "unet") -> Dict[str, torch.Tensor]:
-    """PEFT/diffusers adapter tensors (`<module>.lora_A.weight`, no component prefix) → Kohya keys with alphas."""
-    out: Dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        suffix = next((s for s in _SUFFIXES if key.endswith(s)), None)
-        if suffix is None:
-            raise ValueError(f"cannot export {key!r} in Kohya format (only plain LoRA tensors have a Kohya name)")
-        name = f"lora_{prefix}_" + key[: -len(suffix)].replace(".", "_")
-        kind = _SUFFIXES[suffix]
-        out[f"{name}.{kind}"] = value
-        if kind == "lora_down.weight":
-            out[f"{name}.alpha"] = torch.tensor(float(alpha))
-    return {k: v.detach().contiguous().cpu() for k, v in out.items()}
+def kohya_metadata(lora: LoraTensors) -> Dict[str, str]:
+    ranks = {v.shape[0] for v in lora.down.values()}
+    alphas = set(lora.alpha.values())
+    return {"ss_network_module": "networks.lora", "ss_network_dim": str(max(ranks, default=0)),
+            "ss_network_alpha": str(alphas.pop() if len(alphas) == 1 else "per-module")}
 
 
-def save_kohya(state: Dict[str, torch.Tensor], alpha: float, path: Path, prefix: str = "unet") -> Path:
+def write_lora(directory: Path, export_format: str, layouts: Mapping[str, str], pipeline_cls, prefix: str,
+               state: Dict[str, torch.Tensor], metadata: dict,
+               dora_scales: Callable[[LoraTensors], Dict[str, torch.Tensor]]) -> List[Path]:
+    """The adapter's LoRA file(s) in `directory`; returns their paths (the loadable one first)."""
     from safetensors.torch import save_file
 
-    tensors = to_kohya(state, alpha, prefix)
-    ranks = {v.shape[0] for k, v in tensors.items() if k.endswith("lora_down.weight")}
-    metadata = {"ss_network_module": "networks.lora", "ss_network_alpha": str(alpha),
-                "ss_network_dim": str(max(ranks)) if ranks else "0"}
-    save_file(tensors, str(path), metadata=metadata)
-    return path
+    lora = LoraTensors.from_peft(state, metadata["lora_alpha"])
+    layout = layouts[export_format]
+    if lora.magnitude:  # PEFT's magnitudes (with diffusers' metadata) are the only DoRA diffusers reads exactly
+        layout = "peft"
+    main = directory / LORA_FILE
+    tensors = to_layout(lora, layout, prefix)
+    if layout == "peft":  # diffusers' own writer, so its metadata (alpha, targets, DoRA) is what its loader expects
+        save_diffusers_lora(pipeline_cls, directory, prefix, {k[len(prefix) + 1:]: v for k, v in tensors.items()},
+                            metadata)
+    else:  # alpha travels as tensors (diffusers refuses them next to its metadata: it infers the rest)
+        save_file(tensors, str(main), metadata={"format": "pt", **kohya_metadata(lora)})
+    written = [main]
+    if lora.magnitude and export_format == "universal":
+        comfy = to_layout(lora, layouts["comfyui"], prefix, dora_scale=dora_scales(lora))
+        save_file(comfy, str(directory / COMFYUI_FILE), metadata={"format": "pt", "dora": "comfyui"})
+        written.append(directory / COMFYUI_FILE)
+    return written
 
 
 def save_diffusers_lora(pipeline_cls, directory: Path, denoiser_name: str, state: Dict[str, torch.Tensor],

@@ -76,6 +76,26 @@ def _validation_section(cfg: RunConfig, plan: ValidationPlan, module, output_dir
     return lines
 
 
+def _files_section(adapter) -> List[str]:
+    """Which file each loader takes (docs/lora_files.md)."""
+    if adapter.type == "full":
+        return []
+    if adapter.type == "lokr":
+        rows = ["- `pytorch_lokr_weights.safetensors` (LyCORIS layout): ComfyUI's LoraLoaderModelOnly as it is; "
+                "diffusers through `simpletuner_pl.adapters.lokr.load_lokr_weights` (snippet below)"]
+    elif adapter.use_dora:
+        rows = ["- `pytorch_lora_weights.safetensors`: diffusers (`load_lora_weights`, PEFT DoRA)",
+                "- `pytorch_lora_weights_comfyui.safetensors`: ComfyUI's LoraLoaderModelOnly (its `dora_scale`)"]
+    else:
+        where = {"universal": "diffusers (`load_lora_weights`) and ComfyUI's LoraLoaderModelOnly, exactly",
+                 "diffusers": "diffusers (`load_lora_weights`); for ComfyUI convert it with "
+                              "`python -m simpletuner_pl.tools.convert_lora adapter/ out/ --to comfyui`",
+                 "kohya": "Kohya-style tools, ComfyUI and diffusers", "comfyui": "ComfyUI and diffusers"}
+        rows = [f"- `pytorch_lora_weights.safetensors` ({adapter.export_format} layout): "
+                f"{where[adapter.export_format]}"]
+    return ["## Files", "", *rows, ""]
+
+
 def model_card(cfg: RunConfig, plan: Optional[ValidationPlan], module, output_dir: Path, global_step: int) -> str:
     m, a = cfg.model, cfg.adapter
     base = m.pretrained_model_name_or_path or f"tiny random-init {m.family} (simpletuner_pl.models)"
@@ -91,6 +111,7 @@ def model_card(cfg: RunConfig, plan: Optional[ValidationPlan], module, output_di
     if best.is_file():
         info = json.loads(best.read_text())
         lines += [f"- lowest eval loss {info['eval_loss']:.6g} at step {info['step']}: `adapter/best/`", ""]
+    lines += _files_section(a)
     lines += ["## Training settings", ""] + _rows({**{f"model.{k}": v for k, v in asdict(m).items()},
                                                     **{f"adapter.{k}": v for k, v in asdict(a).items()},
                                                     **{f"quant.{k}": v for k, v in asdict(cfg.quant).items()},

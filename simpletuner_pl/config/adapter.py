@@ -44,7 +44,8 @@ class AdapterConfig:
     target: Optional[str] = None  # null = the family's default (a preset name, or module names where allowed)
     init: str = choice("default", *LORA_INITS)
     use_dora: bool = False
-    export_format: str = choice("diffusers", "diffusers", "kohya")  # kohya: also write lora_unet_* with .alpha
+    # universal: the layout diffusers and ComfyUI both apply exactly (simpletuner_pl.adapters.layouts)
+    export_format: str = choice("universal", "universal", "diffusers", "kohya", "comfyui")
     init_lora: Optional[str] = None  # start from this LoRA file (diffusers/PEFT, Kohya or ComfyUI keys)
     lycoris: LycorisConfig = field(default_factory=LycorisConfig)
 

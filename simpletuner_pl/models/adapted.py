@@ -14,8 +14,9 @@ from typing import ContextManager, Dict
 
 import torch
 
-from simpletuner_pl.adapters.export import KOHYA_FILE, save_diffusers_lora, save_full, save_kohya
+from simpletuner_pl.adapters.export import save_full, write_lora
 from simpletuner_pl.adapters.init_lora import load_initial_lokr, load_initial_lora
+from simpletuner_pl.adapters.layouts import dora_scales
 from simpletuner_pl.adapters.lokr import LOKR_FILE, LokrSettings, attach_lokr, lokr_disabled, save_lokr
 from simpletuner_pl.adapters.lora import adapter_metadata, adapter_state_dict, attach_lora, resolve_targets
 from simpletuner_pl.adapters.switch import adapter_disabled
@@ -84,7 +85,7 @@ class AdaptedMixin:
 
     def write_adapter(self, directory: Path) -> None:
         """The trained weights: a diffusers folder of the denoiser for `adapter=full`, a LyCORIS file for LoKr,
-        else the family pipeline's LoRA file, plus a Kohya/ComfyUI file with `adapter.export_format=kohya`."""
+        else the LoRA file(s) in the layout `adapter.export_format` names (`simpletuner_pl.adapters.export`)."""
         name = self.spec.denoiser_name
         if self.adapter_cfg.type == "full":
             save_full(self.denoiser, directory / name)
@@ -93,9 +94,8 @@ class AdaptedMixin:
             save_lokr(self.lokr, directory / LOKR_FILE, lokr_settings(self.adapter_cfg.lycoris))
             return
         state, metadata = self.adapter_state_dict(), adapter_metadata(self.denoiser, self.lora_init_state)
-        save_diffusers_lora(self.spec.pipeline_cls(), directory, name, state, metadata)
-        if self.adapter_cfg.export_format == "kohya":
-            save_kohya(state, metadata["lora_alpha"], directory / KOHYA_FILE, prefix=name)
+        write_lora(directory, self.adapter_cfg.export_format, self.spec.export_formats, self.spec.pipeline_cls(),
+                   name, state, metadata, lambda lora: dora_scales(self.denoiser, lora))
 
     def export_adapter(self, directory: str | os.PathLike) -> Path:
         """Write the adapter into `directory` atomically: a crash mid-write never leaves a half file behind."""

@@ -34,7 +34,7 @@ class FamilySpec:
     targets: LoraTargets  # what adapter.target may be
     keep_high_precision: Tuple[str, ...]  # top-level denoiser children never quantised
     preview_decoder: str  # default Tiny AutoEncoder for validation previews
-    export_formats: Tuple[str, ...]  # adapter.export_format values
+    export_formats: Mapping[str, str]  # adapter.export_format → LoRA file layout (simpletuner_pl.adapters.layouts)
     options: Tuple[str, ...]  # config keys only this family reads; set with another family, they are refused
     sources: Callable[[ModelConfig], List[Source]]  # what check_source must find before loading
     denoiser_source: Callable[[ModelConfig], Tuple[str, Optional[str]]]  # (location, subfolder) of the denoiser
@@ -44,6 +44,7 @@ class FamilySpec:
     planner: Optional[str] = None  # module with `meta_components`/`profile_inputs`; None: not priced
     flavour_pipelines: Mapping[str, str] = field(default_factory=dict)  # flavour → its own "diffusers:<Pipeline>"
     routed_blocks: Tuple[str, ...] = ()  # TREAD: the denoiser's token-block lists in order; () = no token routing
+    block_names: Tuple[str, ...] = ()  # names only its LoRA files contain (diffusers', BFL's/LDM's): convert_lora
 
     def module_class(self) -> type:
         return resolve(self.module)

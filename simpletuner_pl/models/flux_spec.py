@@ -166,7 +166,9 @@ FLUX = FamilySpec(
     denoiser_class="diffusers:FluxTransformer2DModel", pipeline="diffusers:FluxPipeline", targets=FLUX_TARGETS,
     # Input/output projections and the final norm are tiny and sensitive; SimpleTuner keeps them in high precision.
     keep_high_precision=("x_embedder", "context_embedder", "norm_out", "proj_out"),
-    preview_decoder="madebyollin/taef1", export_formats=("diffusers",),
+    preview_decoder="madebyollin/taef1",
+    # no `kohya`: sd-scripts' Flux layout fuses q/k/v, which diffusers reads only at full-size widths
+    export_formats={"universal": "peft+alpha", "diffusers": "peft", "comfyui": "peft+alpha"},
     options=(TRANSFORMER_KEY, "model.guidance_value", "model.guidance_mode", "model.guidance_min",
              "model.guidance_max", "model.t5_max_length", "model.t5_padding", "model.attention_masked_training",
              ASSISTANT_KEY, "validation.guidance_real", "validation.no_cfg_until_timestep",
@@ -174,5 +176,6 @@ FLUX = FamilySpec(
     sources=sources, denoiser_source=transformer_source, check=check,
     flavour_pipelines={name: f"diffusers:{f.pipeline}" for name, f in FLAVOURS.items()},
     routed_blocks=("transformer_blocks", "single_transformer_blocks"),
+    block_names=("single_transformer_blocks", "double_blocks", "single_blocks"),
     planner="simpletuner_pl.models.flux_planner",
 )

@@ -54,7 +54,8 @@ def check_config(cfg: RunConfig) -> FamilySpec:
                               f"{', '.join(spec.targets.presets)}")
     if adapter.export_format not in spec.export_formats:
         raise ConfigError(f"adapter.export_format={adapter.export_format} is not available for {spec.title}; valid "
-                          f"choices: {', '.join(spec.export_formats)} (its LoRA loads in ComfyUI as saved)")
+                          f"choices: {', '.join(spec.export_formats)} (the default, universal, loads exactly in "
+                          "diffusers and ComfyUI)")
     foreign = [key for other in FAMILIES.values() if other is not spec for key in other.options
                if key not in spec.options and _value(cfg, key) != _default(key)]
     if foreign:

@@ -35,13 +35,10 @@ def unet_source(model: ModelConfig) -> Tuple[str, Optional[str]]:
 
 
 def check(cfg: RunConfig) -> None:
-    train, adapter, precision = cfg.train, cfg.adapter, cfg.quant.base_model_precision
+    train, precision = cfg.train, cfg.quant.base_model_precision
     if train.diff2flow and train.snr_gamma is not None:
         raise ConfigError("train.diff2flow=true trains on flow velocity, which min-SNR weights do not apply to; "
                           "set train.snr_gamma=null or train.diff2flow=false")
-    if adapter.export_format == "kohya" and adapter.use_dora:
-        raise ConfigError("adapter.export_format=kohya cannot carry DoRA magnitudes (diffusers drops Kohya "
-                          "dora_scale tensors); use adapter.export_format=diffusers or adapter.use_dora=false")
     references = sorted(n for n, ds in cfg.data.conditioning().items() if ds.conditioning_type == "reference_strict")
     if references:
         raise ConfigError(f"conditioning datasets of reference images ({', '.join(references)}) feed FLUX.1 Kontext; "
@@ -84,7 +81,8 @@ SDXL = FamilySpec(
     module="simpletuner_pl.models.sdxl:SDXLModule", loader="simpletuner_pl.models.loading_sdxl:load_components",
     denoiser_class="diffusers:UNet2DConditionModel", pipeline="diffusers:StableDiffusionXLPipeline",
     targets=SDXL_TARGETS, keep_high_precision=(), preview_decoder="madebyollin/taesdxl",
-    export_formats=("diffusers", "kohya"),
+    export_formats={"universal": "kohya", "diffusers": "peft", "kohya": "kohya", "comfyui": "kohya"},
     options=("model.prediction_type", UNET_KEY, "train.snr_gamma", "train.noise_offset", "train.diff2flow"),
     sources=sources, denoiser_source=unet_source, check=check,
+    block_names=("down_blocks", "up_blocks", "mid_block", "input_blocks", "output_blocks", "middle_block"),
 )
