@@ -12,6 +12,11 @@ Generates N small JPEGs of mixed aspect ratios in a temporary folder, then measu
     `model.t5_padding`: `unmodified` (the default: whole sequences, T5's outputs at the pad tokens included) and
     `zero` (pad outputs zeroed, so entries are stored trimmed to the real tokens). Real T5-XXL sizes:
     experiments/t5_cache_size.py.
+  * launch -> first step (`--startup`): the CLI on the N images with a distinct caption each (.txt sidecars),
+    tiny Flux at 64 px, `vae_cache_ondemand=true`, with the text embeddings on demand
+    (`data.text_embeds.text_cache_ondemand=true`) and up front: cold (pages evicted, empty caches) and warm (the
+    second start); from `subprocess.Popen` to the first batch's start (`timings.json`), with the stage lines of the
+    run's `cli.log`. `python experiments/bench_data.py --n 10000 --latents 0 --captions 0 --startup`
 "Cold" evicts the files' pages with posix_fadvise(DONTNEED) (no root needed; directory entries stay cached).
 Reference figures from the issue (SimpleTuner 4.10.1, same machine class): floor 1.1 s cold / 0.24 s warm for 10k,
 SimpleTuner discovery 11.6-15.3 s cold / 0.3-1.0 s warm, tiny-VAE latent caching 54 latents/s, text caching of
@@ -21,10 +26,14 @@ SimpleTuner discovery 11.6-15.3 s cold / 0.3-1.0 s warm, tiny-VAE latent caching
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
+import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +143,73 @@ def bench_texts(module, count: int, cache_root: Path) -> dict:
     return result
 
 
+ROOT = Path(__file__).resolve().parent.parent
+WORDS = ["a", "photo", "of", "red", "green", "blue", "cat", "dog", "car", "tree", "house", "on", "the", "street",
+         "at", "night", "in", "snow"]
+
+
+def write_captions(paths, seed: int = 0) -> None:
+    """A distinct caption per image, in its .txt sidecar (caption_strategy=textfile)."""
+    rng = np.random.default_rng(seed)
+    for i, path in enumerate(paths):
+        path.with_suffix(".txt").write_text(" ".join(rng.choice(WORDS, int(rng.integers(4, 16)))) + f" {i}")
+
+
+def launch_to_first_step(folder: Path, cache: Path, out: Path, ondemand: bool) -> dict:
+    """One CLI run to its second step: seconds from launch to the first batch, and the startup lines it logged."""
+    args = ["experiment=demo", "data=local", f"data.datasets.main.instance_data_dir={folder}",
+            "data.datasets.main.caption_strategy=textfile", "data.datasets.main.resolution=64",
+            "data.datasets.main.vae_cache_ondemand=true",
+            f"data.text_embeds.text_cache_ondemand={str(ondemand).lower()}",
+            f"data.cache_dir={cache}", f"output_dir={out}", "train.max_steps=2", "validation=off",
+            "trainer.accelerator=cpu"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    launched = time.time()
+    done = subprocess.run([sys.executable, "-m", "simpletuner_pl", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+    if done.returncode:
+        raise RuntimeError(f"the run failed:\n{done.stderr[-3000:]}")
+    first = json.loads((out / "timings.json").read_text())["first_batch_start_unix"]
+    stages = []
+    for line in (out / "cli.log").read_text().splitlines():
+        if re.search(r" in \d+\.\d\d s \(|text cache on demand|GPU available", line):
+            logged = datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            stages.append(f"+{logged - launched:4.1f} s {line.split('] - ', 1)[1][:110]}")
+    stages.append(f"+{first - launched:4.1f} s first batch")
+    return dict(seconds=first - launched, stages=stages)
+
+
+IMPORTS = ("import lightning.pytorch, diffusers, peft; from diffusers import FluxTransformer2DModel, AutoencoderKL; "
+           "from transformers import T5EncoderModel, CLIPTextModel")
+
+
+def import_floor() -> float:
+    """Seconds a fresh interpreter takes to import what a Flux run needs: the part of startup no trainer code
+    can shorten (in this venv torchmetrics pulls in torchvision, and peft bitsandbytes and torchao)."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", IMPORTS], check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def bench_startup(folder: Path, paths, tmp: Path) -> dict:
+    write_captions(paths)
+    sidecars = [p.with_suffix(".txt") for p in paths]
+    result = {"import_floor": min(import_floor() for _ in range(2))}
+    demo = ROOT / "simpletuner_pl" / "assets" / "demo"  # 5 captioned photos: what startup costs without data
+    result["demo_5_images"] = dict(
+        cold=launch_to_first_step(demo, tmp / "startup_cache_demo", tmp / "run_demo_cold", True)["seconds"],
+        warm=launch_to_first_step(demo, tmp / "startup_cache_demo", tmp / "run_demo_warm", True)["seconds"])
+    for ondemand in (True, False):
+        label = "on_demand" if ondemand else "up_front"
+        cache = tmp / f"startup_cache_{label}"
+        drop_page_cache(paths + sidecars)
+        cold = launch_to_first_step(folder, cache, tmp / f"run_cold_{label}", ondemand)
+        warm = launch_to_first_step(folder, cache, tmp / f"run_warm_{label}", ondemand)
+        result[label] = dict(cold=cold["seconds"], warm=warm["seconds"], cold_stages=cold["stages"],
+                             warm_stages=warm["stages"])
+    return result
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10000, help="JPEGs to generate and discover")
@@ -141,6 +217,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--captions", type=int, default=10000, help="distinct captions for the text-cache figure")
     parser.add_argument("--vae-batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=1, help="DataLoader workers decoding for the VAE")
+    parser.add_argument("--startup", action="store_true", help="also time launch -> first step of the CLI")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"
@@ -174,6 +251,24 @@ def main(argv=None) -> dict:
                           f"{txt[f'caption_seconds_{padding}']:.2f} s = {txt[f'captions_per_s_{padding}']:.0f}/s, "
                           f"{txt[f'text_bytes_{padding}'] / 1e6:.1f} MB on disk")
                 result.update(txt)
+        if args.startup:
+            startup = bench_startup(folder, paths, Path(tmp))
+            result["import_floor"] = startup.pop("import_floor")
+            print(f"import floor (a fresh interpreter importing lightning, diffusers, peft, transformers' "
+                  f"encoders): {result['import_floor']:.1f} s")
+            demo = startup.pop("demo_5_images")
+            print(f"launch -> first step, the 5 demo photos, on demand: cold {demo['cold']:.1f} s, "
+                  f"warm {demo['warm']:.1f} s")
+            result["startup_demo"] = demo
+            for label, figures in startup.items():
+                how = label.replace("_", " ")
+                print(f"launch -> first step, {n} images, vae_cache_ondemand, text embeddings {how}: "
+                      f"cold {figures['cold']:.1f} s, warm {figures['warm']:.1f} s")
+                for stage in figures["cold_stages"]:
+                    print(f"    cold: {stage}")
+                for stage in figures["warm_stages"]:
+                    print(f"    warm: {stage}")
+            result["startup"] = startup
     return result
 
 

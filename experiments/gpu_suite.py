@@ -63,7 +63,7 @@ def cli_case(name: str, dry_run: bool) -> dict:
         args += ["debug=cpu", "train.max_steps=3", "data.datasets.demo.resolution=64"]
     else:
         args += ["train.max_steps=20", "train.compile=true", "trainer.accelerator=gpu"]
-        args += ["trainer.devices=2", "trainer.strategy=ddp"] if name == "ddp_cli" else ["trainer.devices=1"]
+        args += ["trainer.devices=2", "strategy=ddp"] if name == "ddp_cli" else ["trainer.devices=1"]
     started = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "simpletuner_pl", *args], cwd=ROOT, capture_output=True,
                             text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))

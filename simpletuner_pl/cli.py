@@ -12,20 +12,29 @@ from simpletuner_pl.paths import config_dir
 log = logging.getLogger("simpletuner_pl")
 
 
-def _job(cfg) -> None:
+def _job(cfg):
+    """One run; returns what a sweeper minimises (`sweeps.objective`), or `sweeps.Refused` for a multirun job
+    whose input was refused, so that the other jobs still run."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
+    from simpletuner_pl.sweeps import Refused, objective
     from simpletuner_pl.train import run
 
-    cfg.output_dir = HydraConfig.get().runtime.output_dir  # the job's own folder, also under multirun
+    hydra_cfg = HydraConfig.get()
+    cfg.output_dir = hydra_cfg.runtime.output_dir  # the job's own folder, also under multirun
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         run(cfg)
     except UserError as err:
         log.error("%s", err)
+        if multirun:
+            return Refused(str(err))  # reported in the sweep summary
         sys.exit(2)
     except Interrupted as stop:
         log.warning("%s", stop)
         sys.exit(stop.exit_code)
+    return objective(cfg.output_dir) if multirun else None
 
 
 def main() -> None:

@@ -18,12 +18,15 @@ from typing import Any, Dict, List, Optional
 from simpletuner_pl.callbacks.model_sources import check_clip_source, check_decoder_source, preview_decoder
 from simpletuner_pl.callbacks.prompts import ValidationPlan, validation_plan
 from simpletuner_pl.config import validate as validate_values
+from simpletuner_pl.config.logging import check_loggers
 from simpletuner_pl.config.schema import RunConfig
+from simpletuner_pl.config.strategy import check_strategy_environment
 from simpletuner_pl.config.trainer import check_trainer_args
 from simpletuner_pl.config.validation import ValidationConfig
 from simpletuner_pl.data.catalog import Catalog, discover_all
 from simpletuner_pl.data.held_out import HeldOut, HeldOutImage, discover_held_out, held_out_source
 from simpletuner_pl.errors import ConfigError
+from simpletuner_pl.hub import check_push
 from simpletuner_pl.io import remove_orphans
 from simpletuner_pl.models.family import FamilySpec
 from simpletuner_pl.models.registry import check_config as check_family
@@ -57,6 +60,8 @@ def validate(cfg: RunConfig) -> Settings:
     """Config checks plus the small files the config names; no image is opened, no model source touched."""
     spec = check_config(cfg)
     trainer_args = check_trainer_args(cfg.trainer)
+    check_loggers(cfg.logger)  # each chosen tracker installed, W&B online logged in
+    check_strategy_environment(cfg.strategy, trainer_args)
     if cfg.adapter.init == "loftq":
         import torch
 
@@ -135,6 +140,7 @@ def preflight(cfg: RunConfig) -> Preflight:
     if settings.held_out is not None:
         images = discover_held_out(settings.held_out, cfg.data.cache_root(), cfg.eval.eval_loss.num_images)
     check_model_sources(cfg, settings.spec)
+    check_push(cfg.hub)  # hub.push: repo id, network, a write token (asks the Hub who we are)
     resume_from = choose(cfg)  # the checkpoint to continue from, refused when the setup changed
     clean_up_interrupted_writes(cfg)
     return Preflight(**vars(settings), catalog=catalog, held_out_images=images, resume_from=resume_from)

@@ -26,7 +26,7 @@ MAY_CHANGE = ("train.max_steps", "train.checkpoint_every_n_steps", "train.checkp
               "train.adapter_every_n_steps", "train.log_every_n_steps", "train.resume", "train.compile",
               "train.gradient_checkpointing", "validation.", "eval.", "trainer.", "offload.", "output_dir",
               "data.num_workers", "data.vae_batch_size", "data.cache_dir", "data.text_embeds.", "quant.cache_dir",
-              "quant.quantize_via", "model.attention_backend")
+              "quant.quantize_via", "model.attention_backend", "logger.", "hub.")
 
 
 @dataclass(frozen=True)

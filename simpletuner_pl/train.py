@@ -42,21 +42,40 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")  # we log across epochs
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
         lambda record: "litlogger" not in record.getMessage())  # an advert, printed at every start
+    for name in NOISE:
+        logging.getLogger(name).addFilter(_drop_noise)  # the same object every call: added once
+
+
+# Notices that say nothing about the run, by logger: diffusers probing for torchao classes that torchao 0.18 moved
+# (only torchao-serialised checkpoints need them: never loaded here); diffusers' warning about casting modules it
+# would keep in fp32 when there are none ("[]"); diffusers' note that `set_attention_backend` (model.attention_backend)
+# is experimental; Lightning's note on every checkpoint that they hold the full training state (on purpose: resume).
+NOISE = {
+    "diffusers.quantizers.torchao.torchao_quantizer": ("Unable to import `torchao` Tensor objects",),
+    "diffusers.models.modeling_utils": ("should be kept in float32: []", "Attention backends are an experimental"),
+    "lightning.pytorch.trainer.connectors.checkpoint_connector": ("`weights_only` was not set",),
+}
+
+
+def _drop_noise(record: logging.LogRecord) -> bool:
+    return not any(text in record.getMessage() for text in NOISE.get(record.name, ()))
 
 
 def trainer_arguments(cfg: RunConfig, output_dir: Path, checked: Preflight) -> Dict[str, Any]:
     from simpletuner_pl.callbacks.checkpointing import AtomicCheckpointIO
     from simpletuner_pl.callbacks.factory import build_callbacks
-    from simpletuner_pl.callbacks.metrics_log import MetricsCSVLogger
+    from simpletuner_pl.callbacks.loggers import build_loggers
     from simpletuner_pl.optimizers import clip_value
+    from simpletuner_pl.strategies import build_strategy
 
     train = cfg.train
     own = dict(
         max_steps=train.max_steps, max_epochs=-1, accumulate_grad_batches=train.gradient_accumulation_steps,
         gradient_clip_val=clip_value(train, cfg.optimizer),  # None for optimizers that bound their own updates
         gradient_clip_algorithm="norm", precision=MIXED_PRECISION[train.mixed_precision],
-        logger=MetricsCSVLogger(output_dir, checked.resume_from.step if checked.resume_from else None),
+        logger=build_loggers(cfg, output_dir, checked.resume_from.step if checked.resume_from else None),
         callbacks=build_callbacks(cfg, output_dir, checked.validation, checked.held_out_images),
+        strategy=build_strategy(cfg.strategy),  # strategy=auto|ddp|fsdp|deepspeed_*; devices and nodes: trainer.*
         plugins=[AtomicCheckpointIO()], default_root_dir=output_dir, log_every_n_steps=train.log_every_n_steps,
         num_sanity_val_steps=0, limit_val_batches=0, enable_model_summary=False,
     )
@@ -95,6 +114,7 @@ def run(cfg):
 
     import lightning as L
 
+    from simpletuner_pl.callbacks.summary import summarise
     from simpletuner_pl.data.datamodule import AspectBucketDataModule
     from simpletuner_pl.models.build import build_module
     from simpletuner_pl.optimizers import check_extra
@@ -113,6 +133,7 @@ def run(cfg):
     if resume_from:
         log.info("resuming from %s (step %d)", resume_from, checked.resume_from.step)
     fit(trainer, module, datamodule, resume_from)
+    summarise(trainer, output_dir)  # loss.png and the closing lines: where everything is, loss, s/step, loading
     return trainer
 
 

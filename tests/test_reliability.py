@@ -276,7 +276,7 @@ def test_an_unreachable_hub_is_reported_within_the_timeout(monkeypatch):
 def test_validation_keys_set_while_validation_is_off_are_reported(caplog):
     from simpletuner_pl.preflight import validate
 
-    validate(typed(*SMALL, "validation.prompt=a cat", "validation.num_inference_steps=4"))
+    validate(typed(*SMALL, "validation=off", "validation.prompt=a cat", "validation.num_inference_steps=4"))
     assert "validation is off, so validation.prompt, validation.num_inference_steps render nothing" in caplog.text
 
 

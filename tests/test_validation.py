@@ -67,7 +67,7 @@ def test_unsafe_nicknames_cannot_escape_the_step_folder(two_runs, tmp_path):
     from simpletuner_pl.callbacks.validation import image_path
 
     first, _ = two_runs
-    pngs = list(first.rglob("*.png"))
+    pngs = [p for p in first.rglob("*.png") if p.parent != first]  # the run folder's own: loss.png, before_after.png
     assert pngs and all(p.parent.parent == first / "validation" for p in pngs)  # only validation/step_N/*.png
     assert not (first / "validation" / "step_0" / "a").exists()
     for unsafe in ("../x", "a/b", "..", "/etc/passwd", "a\\..\\b", "", "C:evil"):

@@ -10,6 +10,7 @@ changed setup before any weight loads (`simpletuner_pl.resume`). `AdapterExport`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from importlib import metadata
@@ -71,10 +72,17 @@ class AdapterExport(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if (self.every_n_steps and step and step % self.every_n_steps == 0 and trainer.is_global_zero
-                and not (self.adapter_dir / f"step_{step}").exists()):
-            pl_module.export_adapter(self.adapter_dir / f"step_{step}")
+        if self.every_n_steps and step and step % self.every_n_steps == 0:
+            self.export(trainer, pl_module, self.adapter_dir / f"step_{step}", keep_existing=True)
 
     def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
-        if trainer.is_global_zero:
-            pl_module.export_adapter(self.adapter_dir)
+        self.export(trainer, pl_module, self.adapter_dir)
+
+    @staticmethod
+    def export(trainer: L.Trainer, pl_module, directory: Path, keep_existing: bool = False) -> None:
+        """Written by rank 0; where the weights are sharded (strategy=fsdp, ZeRO-3) every rank first takes part in
+        gathering the trainable ones (`strategies.*.gathered_trainables`)."""
+        gather = getattr(trainer.strategy, "gathered_trainables", None)
+        with gather(pl_module) if gather else contextlib.nullcontext():
+            if trainer.is_global_zero and not (keep_existing and directory.exists()):
+                pl_module.export_adapter(directory)

@@ -20,6 +20,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import lightning as L
 import torch
 
+from simpletuner_pl.callbacks.image_log import log_image
 from simpletuner_pl.callbacks.plot import plot_loss_vs_sigma
 from simpletuner_pl.callbacks.rounds import PeriodicRound, log_metrics
 from simpletuner_pl.config.validation import EvalLossConfig
@@ -71,8 +72,9 @@ class EvalLoss(PeriodicRound):
         self.history.append(record)
         lines = "".join(json.dumps(r) + "\n" for r in self.history)  # rewritten whole: right after a resume too
         write_text(self.eval_dir / "losses.jsonl", lines)
-        plot_loss_vs_sigma([(r["step"], r["sigmas"], r["losses"]) for r in self.history],
-                           self.eval_dir / "loss_vs_sigma.png")
+        plot = plot_loss_vs_sigma([(r["step"], r["sigmas"], r["losses"]) for r in self.history],
+                                  self.eval_dir / "loss_vs_sigma.png")
+        log_image(trainer, plot, "eval/loss_vs_sigma", step)
         log.info("step %d: eval/loss %.6f over %d images x %d sigmas", step, mean, len(self.items), len(sigmas))
         if self.cfg.keep_best and math.isfinite(mean) and (self.best is None or mean < self.best["eval_loss"]):
             self.best = {"step": step, "eval_loss": mean}

@@ -7,8 +7,10 @@ from typing import List, Optional
 
 import lightning as L
 
+from simpletuner_pl.callbacks.before_after import BeforeAfterGrid
 from simpletuner_pl.callbacks.checkpointing import AdapterExport, RunCheckpoint, RunRecord
 from simpletuner_pl.callbacks.evaluation import evaluation_callbacks
+from simpletuner_pl.callbacks.hub_push import HubPush
 from simpletuner_pl.callbacks.offload import offload_callbacks
 from simpletuner_pl.callbacks.progress import StepProgressBar
 from simpletuner_pl.callbacks.prompts import ValidationPlan
@@ -32,4 +34,6 @@ def build_callbacks(cfg: RunConfig, output_dir: Path, plan: Optional[ValidationP
         AdapterExport(output_dir, train.adapter_every_n_steps or train.checkpoint_every_n_steps),
         StepProgressBar(refresh_rate=max(1, min(train.log_every_n_steps, 10))),
         StepTimer(output_dir),
-    ] + evaluation_callbacks(cfg, output_dir, plan, held_out) + offload_callbacks(cfg.offload)
+        *([BeforeAfterGrid(output_dir)] if plan is not None else []),  # step 0 | latest, per prompt
+    ] + evaluation_callbacks(cfg, output_dir, plan, held_out) + offload_callbacks(cfg.offload) + (
+        [HubPush(cfg.hub, output_dir)] if cfg.hub.push else [])  # on_fit_end: after everything is saved

@@ -1,7 +1,8 @@
 """One labelled grid per validation round (rows: prompts, columns: resolutions), saved and sent to the loggers.
 
-Loggers that take images get it directly (W&B, Neptune, ... via `log_image`; TensorBoard via `add_image`); the
-CSV logger cannot hold images, so for it the grid is the `validation/step_N/grid.png` file beside the images.
+Loggers that take images get it directly (W&B, Neptune, ... via `log_image`; TensorBoard via `add_image`; MLflow
+via `MlflowClient.log_image`); the CSV logger cannot hold images, so for it the grid is the
+`validation/step_N/grid.png` file beside the images. `log_image` sends any other image (the eval plots) the same way.
 """
 
 from __future__ import annotations
@@ -39,15 +40,24 @@ def make_grid(rows: Sequence[Tuple[str, Sequence[Image.Image]]], max_cell: int =
 
 def log_grid(trainer, grid: Image.Image, path: Path, step: int, key: str = "validation/grid") -> None:
     save_image(grid, path)
-    array = np.asarray(grid)
+    log_image(trainer, grid, key, step)
+
+
+def log_image(trainer, image: Image.Image | Path, key: str, step: int) -> None:
+    """`image` (or the image file) to every logger of `trainer` that takes images, under `key` at `step`."""
+    if not isinstance(image, Image.Image):
+        with Image.open(image) as opened:
+            image = opened.convert("RGB")
     for logger in trainer.loggers:
         try:
             if hasattr(logger, "log_image"):
-                logger.log_image(key=key, images=[grid], step=step)
+                logger.log_image(key=key, images=[image], step=step)
             elif type(logger).__name__ == "TensorBoardLogger":
-                logger.experiment.add_image(key, array, global_step=step, dataformats="HWC")
+                logger.experiment.add_image(key, np.asarray(image), global_step=step, dataformats="HWC")
+            elif type(logger).__name__ == "MLFlowLogger":
+                logger.experiment.log_image(logger.run_id, image, key=key, step=step)
         except Exception as err:  # a logger failing to take an image must not stop training
-            log.warning("could not log the validation grid to %s: %s", type(logger).__name__, err)
+            log.warning("could not log %s to %s: %s", key, type(logger).__name__, err)
 
 
 def rows_by_prompt(samples: List[dict]) -> List[Tuple[str, List[Image.Image]]]:

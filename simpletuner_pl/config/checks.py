@@ -13,6 +13,7 @@ from simpletuner_pl.config.fields import check_fields
 from simpletuner_pl.config.pairing import check_conditioning
 from simpletuner_pl.config.registries import ATTENTION_BACKENDS, OPTIMIZERS, PRECISIONS, REWRITES_BASE
 from simpletuner_pl.config.schema import RunConfig
+from simpletuner_pl.config.strategy import check_strategy
 from simpletuner_pl.config.validation import RESOLUTION_MULTIPLE, parse_resolutions
 from simpletuner_pl.errors import ConfigError
 
@@ -29,6 +30,7 @@ def validate(cfg: RunConfig) -> None:
     check_schedule(cfg)
     check_data(cfg.data)
     check_validation(cfg)
+    check_strategy(cfg)
     resume = cfg.train.resume
     if resume not in (None, "latest") and not str(resume).endswith(".ckpt") and not str(resume).isdigit():
         raise ConfigError(f"train.resume={resume!r}: use null, 'latest', a step number (checkpoints/step=N.ckpt) or "
@@ -40,6 +42,10 @@ def check_adapter(cfg: RunConfig) -> None:
     check_adapter_keys(adapter)
     if adapter.use_dora and adapter.init in REWRITES_BASE:
         raise ConfigError(f"adapter.use_dora=true cannot be combined with adapter.init={adapter.init}")
+    if adapter.use_dora and adapter.export_format in ("kohya", "comfyui"):
+        raise ConfigError(f"adapter.export_format={adapter.export_format} cannot carry a DoRA adapter that diffusers "
+                          "also reads (it drops dora_scale tensors); use adapter.export_format=universal, which "
+                          "writes the diffusers file and pytorch_lora_weights_comfyui.safetensors for ComfyUI")
     if adapter.type != "full":
         return
     regularisation = [name for name, ds in cfg.data.training().items() if ds.is_regularisation_data]
@@ -51,9 +57,10 @@ def check_adapter(cfg: RunConfig) -> None:
         raise ConfigError(f"adapter=full trains every weight of the denoiser, which cannot be quantised "
                           f"(quant.base_model_precision={cfg.quant.base_model_precision}); use quant=none, "
                           "or adapter=lora to train on a quantised base")
-    if adapter.export_format != "diffusers":
-        raise ConfigError("adapter.export_format=kohya exports LoRA weights; adapter=full saves the whole denoiser "
-                          "as a diffusers folder (adapter/<unet|transformer>/). Remove adapter.export_format.")
+    if adapter.export_format != "universal":
+        raise ConfigError(f"adapter.export_format={adapter.export_format} exports LoRA weights; adapter=full saves "
+                          "the whole denoiser as a diffusers folder (adapter/<unet|transformer>/). Remove "
+                          "adapter.export_format.")
 
 
 def check_quantisation(cfg: RunConfig) -> None:

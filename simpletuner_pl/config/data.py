@@ -75,6 +75,9 @@ class DatasetConfig:
 class TextEmbedsConfig:
     cache_dir: Optional[str] = None  # default: <data.cache_dir>/text
     write_batch_size: int = at_least(128, 1)  # captions per text-encoder call and per write
+    # SimpleTuner's text_cache_ondemand: no startup pass; a caption is encoded and written the first time a batch
+    # draws it (the text encoders stay on the accelerator)
+    text_cache_ondemand: bool = False
 
 
 @dataclass

@@ -13,6 +13,8 @@ from typing import Any, Dict, List, Optional
 from simpletuner_pl.config.adapter import AdapterConfig
 from simpletuner_pl.config.data import DataConfig
 from simpletuner_pl.config.fields import at_least, between, choice
+from simpletuner_pl.config.hub import HubConfig
+from simpletuner_pl.config.logging import LoggerConfig
 from simpletuner_pl.config.offload import OffloadConfig
 from simpletuner_pl.config.registries import (
     ATTENTION_BACKENDS,
@@ -22,6 +24,7 @@ from simpletuner_pl.config.registries import (
     PRECISIONS,
     SIGMA_SAMPLING,
 )
+from simpletuner_pl.config.strategy import StrategyConfig
 from simpletuner_pl.config.validation import EvalConfig, ValidationConfig
 
 _PRECISIONS = tuple(PRECISIONS)
@@ -151,5 +154,8 @@ class RunConfig:
     trainer: Any = field(default_factory=open_node)
     offload: OffloadConfig = field(default_factory=OffloadConfig)
     tread: TreadConfig = field(default_factory=TreadConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)  # trainer.strategy, from the strategy= group
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # trackers besides metrics.csv
+    hub: HubConfig = field(default_factory=HubConfig)
     output_dir: str = "outputs/${now:%Y-%m-%d_%H-%M-%S}"
     seed: int = 42

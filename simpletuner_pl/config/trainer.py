@@ -20,8 +20,10 @@ OWNED = {
     "max_steps": "train.max_steps", "accumulate_grad_batches": "train.gradient_accumulation_steps",
     "gradient_clip_val": "train.max_grad_norm", "gradient_clip_algorithm": "train.max_grad_norm (global norm)",
     "log_every_n_steps": "train.log_every_n_steps", "default_root_dir": "output_dir",
-    "logger": "the built-in metrics.csv logger", "callbacks": "the run's own callbacks",
+    "logger": "logger= (csv|tensorboard|wandb|mlflow; several: logger=[tensorboard,wandb])",
+    "callbacks": "the run's own callbacks",
     "plugins": "the atomic checkpoint writer",
+    "strategy": "the strategy= group (strategy=ddp|fsdp|deepspeed_zero2|...)",
 }
 
 

@@ -5,7 +5,8 @@ discovery planned for, and writes `output_dir/data/buckets.json`; `build_caches`
 fit start, on the module's device) fills this rank's share of the latent and text caches, drops images that fail to
 decode, then parks the encoders off the accelerator; `train_dataloader` serves batches. `state_dict` holds the
 position of the last batch trained on, so a resume continues the epoch where it stopped. Without caches (no
-encoders lent yet), batches carry `pixel_values` and `captions` for the module to encode itself.
+encoders lent yet), batches carry `pixel_values` and `captions` for the module to encode itself. On-demand entries
+(`vae_cache_ondemand`, `text_cache_ondemand`) are encoded and written in `on_after_batch_transfer`, on the device.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from simpletuner_pl.config.data import DataConfig
 from simpletuner_pl.config.schema import TrainConfig
 from simpletuner_pl.data.batch import Batch, no_collate
 from simpletuner_pl.data.cache import TensorCache, latent_key
-from simpletuner_pl.data.caching import Encoders, fill_latents, fill_texts, gather_failures
+from simpletuner_pl.data.caching import Encoders, fill_latents, fill_texts, gather_failures, texts_on_demand
 from simpletuner_pl.data.catalog import Catalog
 from simpletuner_pl.data.dataset import BatchDataset, DatasetSpec, TextSource
 from simpletuner_pl.data.encode import Job, offload
@@ -150,7 +151,8 @@ class AspectBucketDataModule(L.LightningDataModule):
         if self.rank_and_world()[1] > 1:
             self.trainer.strategy.barrier()
         keep_vae = any(i.config.vae_cache_disable or i.config.vae_cache_ondemand for _, i in self.catalog.items())
-        offload(encoders, list(encoders.text_encoder_names) + ([] if keep_vae else ["vae"]))
+        keep_text = self.text.ondemand  # on-demand batches still encode captions
+        offload(encoders, ([] if keep_text else list(encoders.text_encoder_names)) + ([] if keep_vae else ["vae"]))
         self.write_report()
 
     def drop(self, failures: Dict[str, str]) -> None:
@@ -193,7 +195,7 @@ class AspectBucketDataModule(L.LightningDataModule):
         return batch
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
-        """Encode batches whose latents are not cached yet (on-demand filling) and write them."""
+        """Encode batches whose latents or text embeddings are not cached yet (on-demand filling) and write them."""
         keys, root = batch.pop("_latent_keys", None), batch.pop("_latent_cache", None)
         if keys is not None and self.encoders is not None:
             pixels = batch.pop("pixel_values")
@@ -201,6 +203,10 @@ class AspectBucketDataModule(L.LightningDataModule):
             cache = TensorCache(Path(root))
             for key, latent in zip(keys, batch["latents"]):
                 cache.save(key, {"latents": latent.clone()})
+        if batch.pop("_text_pending", False) and self.encoders is not None and self.text is not None:
+            device = batch["latents"].device if "latents" in batch else batch["pixel_values"].device
+            text = texts_on_demand(self.encoders, self.text, batch["captions"])
+            batch.update({name: tensor.to(device) for name, tensor in text.items()})
         return batch
 
     def state_dict(self) -> dict:

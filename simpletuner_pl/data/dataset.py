@@ -2,7 +2,8 @@
 
 The batch is built whole rather than per sample because its shape decisions are per batch: all samples share a
 bucket, and either every latent is in the cache (→ `latents`) or the batch carries `pixel_values` (cache disabled,
-or entries still to be filled on demand, which the datamodule encodes and writes on the accelerator).
+or entries still to be filled on demand, which the datamodule encodes and writes on the accelerator); text
+embeddings likewise (`text_cache_ondemand`).
 Caption choice (one line of a multi-line sidecar) and caption dropout are seeded by the step, so a resumed run
 draws what the original run would have.
 """
@@ -39,6 +40,7 @@ class TextSource:
     cache: TensorCache
     keys: Dict[str, str]  # caption → cache key
     max_length: int
+    ondemand: bool = False  # text_cache_ondemand: entries not written yet are filled by the datamodule
 
 
 class BatchDataset(torch.utils.data.Dataset):
@@ -84,10 +86,13 @@ class BatchDataset(torch.utils.data.Dataset):
 
     def _text(self, captions: List[str]) -> Dict[str, torch.Tensor]:
         """Cached text embeddings; an entry that cannot be read (emptied, truncated by a full disk) leaves the
-        batch with its captions only, which the module encodes itself."""
+        batch with its captions only, which the module encodes itself. On demand, a missing entry is expected: the
+        batch is marked for the datamodule to encode and write its captions (`_text_pending`)."""
         try:
             return pad_text([self.text.cache.load(self.text.keys[c]) for c in captions], self.text.max_length)
         except Exception as err:  # any damage: fall back, never stop the run
+            if self.text.ondemand:
+                return {"_text_pending": True}
             log.warning("text cache entry unreadable (%s: %s); encoding this batch's captions instead",
                         type(err).__name__, err)
             return {}

@@ -2,7 +2,8 @@
 
 One directory walk (`os.scandir`, so sizes and mtimes come with the listing) finds images and caption sidecars.
 Files whose (mtime, size) match the cache are not opened at all; the rest have their header parsed by PIL in a
-thread pool (PIL reads a header lazily, so no pixel is decoded to learn a size; threads overlap the disk reads).
+thread pool (PIL reads a header lazily, so no pixel is decoded to learn a size; threads overlap the disk reads),
+counted on screen and in the log (`simpletuner_pl.progress`).
 A cheap end-of-file check catches truncated JPEG/PNG/WebP files, which only a full decode confirms. The cache is
 one compact columnar JSON file per dataset folder, written atomically, so 100k files cost one read, not 100k.
 """
@@ -21,6 +22,7 @@ from typing import Dict, List, Optional, Tuple
 from PIL import Image, UnidentifiedImageError
 
 from simpletuner_pl.io import write_json
+from simpletuner_pl.progress import track
 
 log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
@@ -193,6 +195,9 @@ def discover(root: Path, cache_root: Path, read_sidecars: bool, workers: int = 1
         with ThreadPoolExecutor(max_workers=workers) as pool:
             headers = pool.map(lambda p: read_header(str(root / p), found[p][1]), todo)
             bodies = pool.map(lambda p: _read_text(str(root / p)), todo_texts)
+            what = f"discovery {printable(str(root))}"
+            headers = list(track(headers, what, len(todo), "image headers", log))
+            bodies = list(track(bodies, what, len(todo_texts), "caption files", log))
             images.update({p: (*found[p], *header) for p, header in zip(todo, headers)})
             texts.update({p: (*found_texts[p], body) for p, body in zip(todo_texts, bodies)})
     stale = len(images) != len(cached) or (read_sidecars and len(texts) != len(cached_texts))

@@ -3,15 +3,15 @@
 Latents: images of one bucket are decoded and cropped in DataLoader workers (so decoding overlaps the VAE), encoded
 `vae_batch_size` at a time, and written by a small thread pool (so the next batch encodes while files are written).
 An image that fails to decode is reported back instead of stopping the run. Text: captions are encoded
-`write_batch_size` at a time; a sequence is stored trimmed to its real tokens only where that is lossless (every
-position after them exactly zero: Flux's `t5_padding=zero`), else whole (`unmodified`: T5's own outputs at the pad
-tokens, which the transformer sees at inference), with its real token count.
+`write_batch_size` at a time (on demand: a batch's new ones, `caching.texts_on_demand`); `text_entries` is the stored
+form: a sequence trimmed to its real tokens only where that is lossless (every position after them exactly zero:
+Flux's `t5_padding=zero`), else whole (`unmodified`: T5's own outputs at the pad tokens, which the transformer sees
+at inference), with its real token count.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
@@ -23,6 +23,7 @@ from simpletuner_pl.data.batch import no_collate
 from simpletuner_pl.data.buckets import Geometry
 from simpletuner_pl.data.cache import TensorCache
 from simpletuner_pl.data.images import load_pixels, normalise
+from simpletuner_pl.progress import Progress
 
 log = logging.getLogger(__name__)
 Job = Tuple[str, str, Geometry]  # (cache key, image path, geometry)
@@ -61,9 +62,9 @@ class _Chunks(Dataset):
 
 
 def encode_latents(module, jobs: Sequence[Job], cache: TensorCache, batch_size: int, num_workers: int,
-                   mode: bool = False) -> Dict[str, str]:
+                   mode: bool = False, what: str = "VAE cache") -> Dict[str, str]:
     """Encode and write every job (`mode`: the posterior mode, as pipelines encode reference images); returns
-    {path: reason} for images that could not be decoded."""
+    {path: reason} for images that could not be decoded. Progress (count, rate) goes to the screen and the log."""
     groups: Dict[Tuple[int, int], List[Job]] = {}
     for job in jobs:
         groups.setdefault(job[2].bucket, []).append(job)
@@ -71,21 +72,18 @@ def encode_latents(module, jobs: Sequence[Job], cache: TensorCache, batch_size: 
     loader = DataLoader(_Chunks(chunks), batch_size=None, num_workers=num_workers, collate_fn=no_collate,
                         prefetch_factor=4 if num_workers else None)
     failures: Dict[str, str] = {}
-    done, started, last_log = 0, time.perf_counter(), time.perf_counter()
-    with ThreadPoolExecutor(max_workers=4) as writer:
+    with ThreadPoolExecutor(max_workers=4) as writer, \
+            Progress(what, len(jobs), "latents", log, where=str(cache.root)) as progress:
         pending = []
         for keys, pixels, failed in loader:
             failures.update(failed)
+            progress.advance(len(failed))
             if pixels is None:
                 continue
             latents = module.encode_images(normalise(pixels), mode=mode).to("cpu")
             pending += [writer.submit(cache.save, key, {"latents": latent.clone()})
                         for key, latent in zip(keys, latents)]
-            done += len(keys)
-            if time.perf_counter() - last_log > 10:
-                last_log = time.perf_counter()
-                log.info("VAE cache %s: %d/%d latents (%.0f/s)", cache.root, done, len(jobs),
-                         done / (last_log - started))
+            progress.advance(len(keys))
         for future in pending:
             future.result()
     return failures
@@ -96,23 +94,35 @@ def stored_sequence(embeds: torch.Tensor, length: int) -> torch.Tensor:
     return embeds[:length] if not torch.count_nonzero(embeds[length:]) else embeds
 
 
+def text_entries(encoded: Dict[str, torch.Tensor]) -> List[Dict[str, torch.Tensor]]:
+    """One cache entry per caption of an `encode_prompts` result, on the CPU: its sequence (`stored_sequence`), its
+    pooled vector and its real token count (`length`, the attention mask's sum). The up-front and the on-demand
+    cache both store exactly this."""
+    lengths = encoded["attention_mask"].sum(dim=1).tolist()
+    embeds, pooled = encoded["prompt_embeds"].to("cpu"), encoded["pooled_prompt_embeds"].to("cpu")
+    entries = []
+    for i, raw in enumerate(lengths):
+        length = max(1, int(raw))
+        entries.append({"prompt_embeds": stored_sequence(embeds[i], length).clone(),
+                        "pooled_prompt_embeds": pooled[i].clone(), "length": torch.tensor(length)})
+    return entries
+
+
 def encode_texts(module, captions: Sequence[Tuple[str, str]], cache: TensorCache, batch_size: int) -> TextStats:
-    """Encode (key, caption) pairs into the cache: each sequence (`stored_sequence`), its pooled vector and its
-    real token count (`length`, the attention mask's sum)."""
+    """Encode (key, caption) pairs into the cache (`text_entries`), `batch_size` captions per encoder call."""
     stats = TextStats()
-    with ThreadPoolExecutor(max_workers=4) as writer:
+    with ThreadPoolExecutor(max_workers=4) as writer, \
+            Progress("text cache", len(captions), "captions", log, where=str(cache.root)) as progress:
         pending = []
         for start in range(0, len(captions), batch_size):
             chunk = captions[start:start + batch_size]
             encoded = module.encode_prompts([caption for _, caption in chunk])
-            lengths = encoded["attention_mask"].sum(dim=1).tolist()
-            embeds, pooled = encoded["prompt_embeds"].to("cpu"), encoded["pooled_prompt_embeds"].to("cpu")
-            for i, (key, _) in enumerate(chunk):
-                length = max(1, int(lengths[i]))
-                tensors = {"prompt_embeds": stored_sequence(embeds[i], length).clone(),
-                           "pooled_prompt_embeds": pooled[i].clone(), "length": torch.tensor(length)}
-                stats.add(length, embeds.shape[1], sum(t.numel() * t.element_size() for t in tensors.values()))
+            max_length = encoded["prompt_embeds"].shape[1]
+            for (key, _), tensors in zip(chunk, text_entries(encoded)):
+                stats.add(int(tensors["length"]), max_length,
+                          sum(t.numel() * t.element_size() for t in tensors.values()))
                 pending.append(writer.submit(cache.save, key, tensors))
+            progress.advance(len(chunk))
         for future in pending:
             future.result()
     return stats

@@ -13,10 +13,10 @@ def set_attention_backend(denoiser: nn.Module, backend: str) -> None:
     notebook, a test session) must not leak its backend into this one."""
     name = ATTENTION_BACKENDS[backend].dispatcher
     if backend != "sdpa":
-        from diffusers.models.attention_dispatch import _check_attention_backend_requirements
+        from diffusers.models.attention_dispatch import AttentionBackendName, _check_attention_backend_requirements
 
         try:
-            _check_attention_backend_requirements(name)
+            _check_attention_backend_requirements(AttentionBackendName(name))  # it reads the enum's value
         except Exception as err:  # diffusers says which package is missing
             raise ConfigError(f"model.attention_backend={backend}: {err}. Use model.attention_backend=sdpa.") from None
     if hasattr(denoiser, "set_attention_backend"):

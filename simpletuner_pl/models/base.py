@@ -150,6 +150,13 @@ class DiffusionModule(AdaptedMixin, L.LightningModule, ABC):
             for logger in trainer.loggers:
                 logger.log_metrics({name: float(value)}, step=trainer.global_step)
 
+    def configure_model(self) -> None:
+        """Lightning's hook for sharding strategies: one that shards (`strategy=fsdp`) knows which blocks to wrap
+        (`simpletuner_pl.strategies`); the others have no `shard` and leave the model whole."""
+        shard = getattr(self.trainer.strategy, "shard", None)
+        if shard is not None:
+            shard(self.denoiser)
+
     def configure_optimizers(self):
         from diffusers.optimization import get_scheduler
 

@@ -59,6 +59,9 @@ def bnb_nf4_converter(precision: str) -> Converter:
         qlinear = bnb.nn.Linear4bit(module.in_features, module.out_features, bias=module.bias is not None,
                                     compute_dtype=weight.dtype, compress_statistics=True, quant_type="nf4",
                                     device="meta")
+        # bnb repacks a CPU weight for its AVX512-BF16 kernel at the first no-grad eval forward and never back, so
+        # training after a validation round on the CPU would fail in that kernel: keep the training layout.
+        qlinear.support_avx512bf16_for_cpu = False
         qlinear.weight = bnb.nn.Params4bit(weight.data, requires_grad=False, compress_statistics=True,
                                            quant_type="nf4", blocksize=blocksize)
         if module.bias is not None:

@@ -18,6 +18,7 @@ from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from simpletuner_pl.progress import track
 from simpletuner_pl.quantization.backends import Converter
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,8 @@ def convert_tree(root: nn.Module, prefix: str, convert: Converter) -> int:
 def quantize_in_place(model: nn.Module, convert: Converter, keep: Sequence[str] = (),
                       device: Optional[torch.device] = None) -> int:
     """Quantise every unit not named (by its top-level name) in `keep`; units move to `device` first."""
-    count = 0
-    for name, unit in iter_units(model):
+    count, units = 0, list(iter_units(model))
+    for name, unit in track(units, f"quantising {type(model).__name__}", len(units), "blocks", log):
         if device is not None:
             unit.to(device)
         if name.split(".")[0] not in keep:
@@ -104,7 +105,7 @@ def stream_load(model_cls, folder: Path, dtype: torch.dtype, convert: Converter,
         model = model_cls.from_config(model_cls.load_config(folder))
     index = weight_index(folder)
     units = list(iter_units(model))
-    for name, unit in units:
+    for name, unit in track(units, f"streaming {model_cls.__name__}", len(units), "blocks", log):
         keys = [k for k in index if k.startswith(name + ".")]
         unit.load_state_dict(read_tensors(keys, index, name + ".", dtype, device), strict=True, assign=True)
         if name.split(".")[0] not in keep:

@@ -1,0 +1,1 @@
+"""Command-line tools around training: converting SimpleTuner configs and LoRA files."""
