@@ -59,6 +59,9 @@ def save_diffusers_lora(pipeline_cls, directory: Path, denoiser_name: str, state
 
 
 def save_full(model: torch.nn.Module, directory: Path) -> Path:
-    """A fully fine-tuned denoiser as a diffusers folder: `from_pretrained(directory)` loads it back."""
+    """A fully fine-tuned denoiser as a diffusers folder: `from_pretrained(directory)` loads it back. A folder without
+    its weights (seen once under FSDP: `save_pretrained` wrote only config.json) is an error, not an export."""
     model.save_pretrained(directory, safe_serialization=True)
+    if not any(Path(directory).glob("*.safetensors")):
+        raise RuntimeError(f"saving the fine-tuned {type(model).__name__} to {directory} wrote no weights file")
     return directory
