@@ -25,6 +25,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 
 from simpletuner_pl.io import write_json, write_text
+from simpletuner_pl.metrics_file import read_logged
 
 log = logging.getLogger(__name__)
 
@@ -45,24 +46,13 @@ class Refused:
         return f"refused: {self.error}"
 
 
-def _metrics_rows(output_dir: Path) -> List[Dict[str, str]]:
-    path = output_dir / "metrics.csv"
-    if not path.is_file():
-        return []
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def _logged(rows: List[Dict[str, str]], key: str) -> List[float]:
-    return [float(row[key]) for row in rows if row.get(key)]
-
-
 def job_metrics(output_dir: str | os.PathLike) -> Dict[str, Optional[float]]:
     """Final train loss (mean of the last `TRAIN_WINDOW` logged), last eval loss and CLIP score, median s/step."""
     output_dir = Path(output_dir)
-    rows = _metrics_rows(output_dir)
-    train = _logged(rows, "train/loss")[-TRAIN_WINDOW:]
-    evals, clips = _logged(rows, "eval/loss"), _logged(rows, "eval/clip_score")
+    logged = {key: [value for _, value in rows] for key, rows in
+              read_logged(output_dir / "metrics.csv", "train/loss", "eval/loss", "eval/clip_score").items()}
+    train = logged["train/loss"][-TRAIN_WINDOW:]
+    evals, clips = logged["eval/loss"], logged["eval/clip_score"]
     timings = output_dir / "timings.json"
     step_s = json.loads(timings.read_text()).get("median_step_s") if timings.is_file() else None
     return {"train_loss": statistics.fmean(train) if train else None, "eval_loss": evals[-1] if evals else None,

@@ -8,26 +8,18 @@ tenth of the logged values.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 from simpletuner_pl.callbacks.before_after import FILE as BEFORE_AFTER
 from simpletuner_pl.callbacks.plot import plot_loss
+from simpletuner_pl.metrics_file import read_logged
 from simpletuner_pl.progress import log_to_files
 
 log = logging.getLogger(__name__)
 LOSS_KEY = "train/loss"
-
-
-def logged(metrics: Path, key: str = LOSS_KEY) -> List[Tuple[int, float]]:
-    """(step, value) of every row of `metrics.csv` holding `key`."""
-    if not metrics.is_file():
-        return []
-    with metrics.open(newline="") as handle:
-        return [(int(row["step"]), float(row[key])) for row in csv.DictReader(handle) if row.get(key)]
 
 
 def loss_line(values: Sequence[float]) -> str:
@@ -60,7 +52,7 @@ def summary_lines(trainer, output_dir: Path) -> List[str]:
     weights = sorted(adapter.glob("*.safetensors"))
     if weights:
         lines.append(f"adapter: {', '.join(str(w) for w in weights)} (model card: {adapter / 'README.md'})")
-    losses = logged(out / "metrics.csv")
+    losses = read_logged(out / "metrics.csv", LOSS_KEY)[LOSS_KEY]
     if losses:
         plot_loss([s for s, _ in losses], [v for _, v in losses], out / "loss.png")
         lines.append(f"{loss_line([v for _, v in losses])}; plot: {out / 'loss.png'}")
