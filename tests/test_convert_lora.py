@@ -77,3 +77,8 @@ def test_the_command_line(tmp_path):
     refused = run_cli(str(folder), str(tmp_path / "y.safetensors"), "--to", "kohya", "--family", "flux",
                       module="simpletuner_pl.tools.convert_lora")
     assert refused.returncode == 2 and "kohya is not available for Flux" in refused.stderr
+    (tmp_path / "bad.safetensors").write_text("not a tensor file")
+    broken = run_cli(str(tmp_path / "bad.safetensors"), str(tmp_path / "z.safetensors"),
+                     module="simpletuner_pl.tools.convert_lora")
+    assert broken.returncode == 2 and "is not a readable .safetensors file" in broken.stderr
+    assert "Traceback" not in broken.stderr

@@ -26,6 +26,19 @@ def kohya_metadata(lora: LoraTensors) -> Dict[str, str]:
             "ss_network_alpha": str(alphas.pop() if len(alphas) == 1 else "per-module")}
 
 
+def save_layout(directory: Path, lora: LoraTensors, layout: str, prefix: str, pipeline_cls, metadata: dict) -> Path:
+    """`directory/pytorch_lora_weights.safetensors` in `layout`; `metadata`: the LoraConfig diffusers stores."""
+    from safetensors.torch import save_file
+
+    tensors = to_layout(lora, layout, prefix)
+    if layout == "peft":  # diffusers' own writer, so its metadata (alpha, targets, DoRA) is what its loader expects
+        save_diffusers_lora(pipeline_cls, directory, prefix, {k[len(prefix) + 1:]: v for k, v in tensors.items()},
+                            metadata)
+    else:  # alpha travels as tensors (diffusers refuses them next to its metadata: it infers the rest)
+        save_file(tensors, str(directory / LORA_FILE), metadata={"format": "pt", **kohya_metadata(lora)})
+    return directory / LORA_FILE
+
+
 def write_lora(directory: Path, export_format: str, layouts: Mapping[str, str], pipeline_cls, prefix: str,
                state: Dict[str, torch.Tensor], metadata: dict,
                dora_scales: Callable[[LoraTensors], Dict[str, torch.Tensor]]) -> List[Path]:
@@ -36,14 +49,7 @@ def write_lora(directory: Path, export_format: str, layouts: Mapping[str, str], 
     layout = layouts[export_format]
     if lora.magnitude:  # PEFT's magnitudes (with diffusers' metadata) are the only DoRA diffusers reads exactly
         layout = "peft"
-    main = directory / LORA_FILE
-    tensors = to_layout(lora, layout, prefix)
-    if layout == "peft":  # diffusers' own writer, so its metadata (alpha, targets, DoRA) is what its loader expects
-        save_diffusers_lora(pipeline_cls, directory, prefix, {k[len(prefix) + 1:]: v for k, v in tensors.items()},
-                            metadata)
-    else:  # alpha travels as tensors (diffusers refuses them next to its metadata: it infers the rest)
-        save_file(tensors, str(main), metadata={"format": "pt", **kohya_metadata(lora)})
-    written = [main]
+    written = [save_layout(directory, lora, layout, prefix, pipeline_cls, metadata)]
     if lora.magnitude and export_format == "universal":
         comfy = to_layout(lora, layouts["comfyui"], prefix, dora_scale=dora_scales(lora))
         save_file(comfy, str(directory / COMFYUI_FILE), metadata={"format": "pt", "dora": "comfyui"})

@@ -70,11 +70,9 @@ def file_modules(state: Dict[str, torch.Tensor], prefix: str, location: str) -> 
     if foreign:
         raise ConfigError(f"adapter.init_lora={location} has tensors that are not {prefix} LoRA weights (only the "
                           f"{prefix} is trained here): {_names(foreign)}")
-    from diffusers.utils import convert_unet_state_dict_to_peft
+    from simpletuner_pl.adapters.lora_files import peft_names
 
-    own = {k[len(prefix) + 1:]: v for k, v in state.items()}
-    if own and not any("lora_A" in k for k in own):  # the old attention-processor naming diffusers also reads
-        own = convert_unet_state_dict_to_peft(own)
+    own = peft_names({k[len(prefix) + 1:]: v for k, v in state.items()})
     modules = {k.split(".lora_A.")[0] for k in own if ".lora_A." in k}
     if not modules:
         raise ConfigError(f"adapter.init_lora={location} holds no LoRA weights ({_names(sorted(state))})")

@@ -62,7 +62,7 @@ def read_lora(path: Path, pipeline_cls, prefix: str) -> LoraTensors:
     if foreign:
         raise ConfigError(f"{path}: {_listed(foreign)} are not {prefix} LoRA weights")
     own = {k[len(prefix) + 1:]: v for k, v in state.items()}
-    lora = LoraTensors.from_peft(_peft_names(own), alpha=0.0)
+    lora = LoraTensors.from_peft(peft_names(own), alpha=0.0)
     alphas = _module_alphas(alphas or {}, prefix)
     metadata = metadata or {}
     default = metadata.get(f"{prefix}.lora_alpha", metadata.get("lora_alpha"))
@@ -74,7 +74,7 @@ def read_lora(path: Path, pipeline_cls, prefix: str) -> LoraTensors:
     return lora
 
 
-def _peft_names(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def peft_names(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """diffusers' converters may answer in the old attention-processor naming; PEFT's `<module>.lora_A.weight`."""
     if state and not any(".lora_A." in k for k in state):
         from diffusers.utils import convert_unet_state_dict_to_peft
@@ -90,6 +90,6 @@ def _module_alphas(alphas: Dict[str, object], prefix: str) -> Dict[str, float]:
         key = key[len(prefix) + 1:] if key.startswith(f"{prefix}.") else key
         stem = key[: -len(".alpha")]
         if stem.endswith("down.weight"):
-            stem = next(iter(_peft_names({stem: torch.zeros(0)})))[: -len(".lora_A.weight")]
+            stem = next(iter(peft_names({stem: torch.zeros(0)})))[: -len(".lora_A.weight")]
         out[stem] = float(value)
     return out

@@ -9,6 +9,7 @@ that format (`simpletuner_pl.adapters.layouts`). The family comes from the keys'
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -22,10 +23,10 @@ def convert(source: Path, target: Path, to: str, family_name: Optional[str] = No
     """Write the LoRA at `source` to `target` in the `to` format; returns the file written."""
     import tempfile
 
-    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
 
-    from simpletuner_pl.adapters.export import kohya_metadata, save_diffusers_lora
-    from simpletuner_pl.adapters.layouts import LORA_FILE, to_layout
+    from simpletuner_pl.adapters.export import save_layout
+    from simpletuner_pl.adapters.layouts import LORA_FILE
     from simpletuner_pl.adapters.lora_files import guess_family, read_lora
     from simpletuner_pl.models.registry import FAMILIES
 
@@ -33,7 +34,12 @@ def convert(source: Path, target: Path, to: str, family_name: Optional[str] = No
         source = source / LORA_FILE
     if not source.is_file():
         raise ConfigError(f"{source}: no such LoRA file")
-    family_name = family_name or guess_family(load_file(str(source)),
+    try:
+        with safe_open(str(source), framework="pt") as handle:  # the names only: read_lora loads the tensors once
+            keys = list(handle.keys())
+    except Exception as err:  # safetensors' own error types: not a .safetensors file, truncated
+        raise ConfigError(f"{source} is not a readable .safetensors file ({err})") from None
+    family_name = family_name or guess_family(keys,
                                               {name: spec.block_names for name, spec in FAMILIES.items()})
     if family_name not in FAMILIES:
         raise ConfigError(f"{source}: cannot tell the model family from its keys; pass --family "
@@ -46,23 +52,16 @@ def convert(source: Path, target: Path, to: str, family_name: Optional[str] = No
     layout = spec.export_formats[to]
     out = target / LORA_FILE if target.suffix != ".safetensors" else target
     out.parent.mkdir(parents=True, exist_ok=True)
-    tensors = to_layout(lora, layout, prefix)
-    if layout == "peft":  # diffusers' writer and metadata; one alpha for the file, as PEFT's config holds
-        alphas = {round(lora.scale(m) * lora.down[m].shape[0], 6) for m in lora.down}
-        ranks = {d.shape[0] for d in lora.down.values()}
+    metadata = None
+    if layout == "peft":  # diffusers' layout states one rank and alpha for the file, as PEFT's config holds them
+        alphas, ranks = set(lora.alpha.values()), {d.shape[0] for d in lora.down.values()}
         if len(alphas) > 1 or len(ranks) > 1:
             raise ConfigError(f"{source} has per-module ranks or alphas, which diffusers' own layout cannot state; "
                               "use --to universal")
         metadata = {"r": ranks.pop(), "lora_alpha": alphas.pop(), "target_modules": sorted(lora.down),
                     "lora_dropout": 0.0, "bias": "none"}
-        with tempfile.TemporaryDirectory(dir=out.parent) as staging:
-            save_diffusers_lora(spec.pipeline_cls(), Path(staging), prefix,
-                                {k[len(prefix) + 1:]: v for k, v in tensors.items()}, metadata)
-            Path(staging, LORA_FILE).replace(out)
-    else:
-        partial = out.with_name(out.name + ".partial")
-        save_file(tensors, str(partial), metadata={"format": "pt", **kohya_metadata(lora)})
-        partial.replace(out)
+    with tempfile.TemporaryDirectory(dir=out.parent) as staging:  # renamed into place whole, never half-written
+        os.replace(save_layout(Path(staging), lora, layout, prefix, spec.pipeline_cls(), metadata), out)
     return out
 
 
