@@ -212,3 +212,19 @@ def test_a_resumed_run_continues_each_tracker_run(tmp_path):
     latest = {m.step: m.value for m in sorted(client.get_metric_history(found.info.run_id, "train/loss"),
                                               key=lambda m: m.timestamp)}
     same_series(sorted(latest.items()), expected)
+
+
+def test_project_entity_and_tracking_uri_reach_the_trackers(tmp_path):
+    """`logger.project` names the W&B project and the MLflow experiment; `logger.wandb.entity` and
+    `logger.mlflow.tracking_uri` are passed through (read before any run is created: both loggers are lazy)."""
+    from simpletuner_pl.callbacks.loggers import mlflow, wandb
+
+    uri = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    cfg = typed("experiment=demo", "logger=[wandb,mlflow]", "logger.wandb.mode=offline", "logger.project=lora-sweeps",
+                "logger.wandb.entity=my-team", f"logger.mlflow.tracking_uri={uri}", CPU).logger
+    tracked = wandb(cfg, tmp_path, None)
+    assert tracked._wandb_init["project"] == "lora-sweeps" and tracked._wandb_init["entity"] == "my-team"
+    flow = mlflow(cfg, tmp_path, None)
+    assert flow._tracking_uri == uri and flow._experiment_name == "lora-sweeps"
+    default = mlflow(typed("experiment=demo", "logger=mlflow", CPU).logger, tmp_path, None)
+    assert default._tracking_uri == f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"

@@ -144,3 +144,38 @@ def test_torchrun_processes_must_share_an_explicit_output_dir(tmp_path):
                      RANK="0", LOCAL_RANK="0")
     assert result.returncode == 2, result.stderr[-2000:]
     assert "pass output_dir=/path/to/run so every rank writes the same run folder" in result.stdout + result.stderr
+
+
+def test_strategy_options_reach_lightnings_strategies(monkeypatch):
+    """Each strategy.* value is an argument of the Lightning strategy it builds (DeepSpeed: recorded, as deepspeed
+    is not installed here; fsdp: what `fully_shard` receives for every block)."""
+    import torch.distributed.fsdp as fsdp
+
+    from simpletuner_pl import strategies
+    from simpletuner_pl.models.tiny_flux import build_tiny_flux_components
+
+    def built(*overrides):
+        return strategies.build_strategy(typed("experiment=demo", *overrides, CPU).strategy)
+
+    assert built("strategy=ddp")._ddp_kwargs["find_unused_parameters"] is False
+    assert built("strategy=ddp", "strategy.find_unused_parameters=true")._ddp_kwargs["find_unused_parameters"]
+    calls = []
+    monkeypatch.setattr(fsdp, "fully_shard", lambda module, mesh, reshard_after_forward: calls.append(
+        reshard_after_forward))
+
+    class Mesh:
+        def size(self):
+            return 2
+
+    for value in (True, False):
+        calls.clear()
+        sharding = built("strategy=fsdp", f"strategy.reshard_after_forward={str(value).lower()}")
+        monkeypatch.setattr(type(sharding), "device_mesh", property(lambda self: {"data_parallel": Mesh()}))
+        sharding.shard(build_tiny_flux_components()["transformer"])
+        assert calls and set(calls) == {value}
+    recorded = {}
+    monkeypatch.setattr(strategies, "GatheringDeepSpeedStrategy", lambda **kwargs: recorded.update(kwargs))
+    built("strategy=deepspeed_zero3_offload")
+    assert recorded["stage"] == 3 and recorded["offload_optimizer"] and recorded["offload_parameters"]
+    built("strategy=deepspeed_zero2")
+    assert recorded["stage"] == 2 and not recorded["offload_optimizer"] and not recorded["offload_parameters"]
