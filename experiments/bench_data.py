@@ -183,18 +183,21 @@ IMPORTS = ("import lightning.pytorch, diffusers, peft; from diffusers import Flu
            "from transformers import T5EncoderModel, CLIPTextModel")
 
 
-def import_floor() -> float:
-    """Seconds a fresh interpreter takes to import what a Flux run needs: the part of startup no trainer code
-    can shorten (in this venv torchmetrics pulls in torchvision, and peft bitsandbytes and torchao)."""
+def import_floor(paused: bool) -> float:
+    """Seconds a fresh interpreter takes to import what a Flux run needs (in this venv torchmetrics pulls in
+    torchvision and scipy, diffusers and peft bitsandbytes and torchao); `paused`: with the cyclic collector off, as
+    the CLI imports them (simpletuner_pl.startup)."""
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", IMPORTS], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-c", ("import gc; gc.disable(); " if paused else "") + IMPORTS], check=True,
+                   capture_output=True)
     return time.perf_counter() - started
 
 
 def bench_startup(folder: Path, paths, tmp: Path) -> dict:
     write_captions(paths)
     sidecars = [p.with_suffix(".txt") for p in paths]
-    result = {"import_floor": min(import_floor() for _ in range(2))}
+    result = {"import_floor": {how: min(import_floor(how == "paused") for _ in range(2))
+                               for how in ("collecting", "paused")}}
     demo = ROOT / "simpletuner_pl" / "assets" / "demo"  # 5 captioned photos: what startup costs without data
     result["demo_5_images"] = dict(
         cold=launch_to_first_step(demo, tmp / "startup_cache_demo", tmp / "run_demo_cold", True)["seconds"],
@@ -254,8 +257,9 @@ def main(argv=None) -> dict:
         if args.startup:
             startup = bench_startup(folder, paths, Path(tmp))
             result["import_floor"] = startup.pop("import_floor")
+            floor = result["import_floor"]
             print(f"import floor (a fresh interpreter importing lightning, diffusers, peft, transformers' "
-                  f"encoders): {result['import_floor']:.1f} s")
+                  f"encoders): {floor['collecting']:.1f} s, {floor['paused']:.1f} s with the collector paused")
             demo = startup.pop("demo_5_images")
             print(f"launch -> first step, the 5 demo photos, on demand: cold {demo['cold']:.1f} s, "
                   f"warm {demo['warm']:.1f} s")

@@ -18,9 +18,24 @@ from simpletuner_pl.config import RunConfig, to_typed
 from simpletuner_pl.config.registries import MIXED_PRECISION
 from simpletuner_pl.errors import ConfigError, Interrupted
 from simpletuner_pl.io import write_text
+from simpletuner_pl.models.family import FamilySpec, resolve
 from simpletuner_pl.preflight import Preflight, preflight
+from simpletuner_pl.startup import resume_collector
 
 log = logging.getLogger(__name__)
+
+
+def import_libraries(spec: FamilySpec) -> None:
+    """Lightning, then what the family builds before its first step: its module, its denoiser's and the VAE's
+    diffusers classes. Imported in one stretch so that the CLI's paused collector covers them
+    (`simpletuner_pl.startup`); it resumes here, before any weights load."""
+    from simpletuner_pl.models.loading import VAE_CLASS  # torch: imported here, after the startup checks
+
+    quiet_libraries()  # first: Lightning's console handler goes before anything else logs
+    spec.module_class()
+    spec.denoiser_cls()
+    resolve(VAE_CLASS)
+    resume_collector()
 
 
 def quiet_libraries() -> None:
@@ -110,7 +125,7 @@ def run(cfg):
     cfg = to_typed(cfg)  # typed dataclasses from here on (methods, no interpolation)
     checked = preflight(cfg)
     output_dir = Path(cfg.output_dir)
-    quiet_libraries()
+    import_libraries(checked.spec)
 
     import lightning as L
 

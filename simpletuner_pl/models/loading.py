@@ -8,6 +8,7 @@ from typing import Callable, Optional, Tuple
 import torch
 
 from simpletuner_pl.config.schema import ModelConfig
+from simpletuner_pl.models.family import resolve
 from simpletuner_pl.sources import component_source
 
 
@@ -23,12 +24,13 @@ def denoiser_or_load(denoiser: Optional[torch.nn.Module], model_cls,
     return denoiser if denoiser is not None else from_source(model_cls, source(model), model, dtype)
 
 
-def load_vae(model: ModelConfig, dtype: torch.dtype):
-    from diffusers import AutoencoderKL
+VAE_CLASS = "diffusers:AutoencoderKL"  # every family's VAE
 
+
+def load_vae(model: ModelConfig, dtype: torch.dtype):
     source = component_source(model.pretrained_model_name_or_path, model.pretrained_vae_model_name_or_path,
                               model.pretrained_vae_subfolder, "vae")
-    return from_source(AutoencoderKL, source, model, dtype)
+    return from_source(resolve(VAE_CLASS), source, model, dtype)
 
 
 def from_base(model_cls, sub: str, model: ModelConfig, dtype: Optional[torch.dtype] = None):
