@@ -35,7 +35,3 @@ def resume_collector() -> None:
         gc.freeze()
         gc.enable()
         _paused = False
-
-
-def collector_paused() -> bool:
-    return _paused

@@ -28,10 +28,10 @@ def collector():
 def test_pause_then_resume_freezes_what_was_imported_and_collects_again(collector):
     frozen = gc.get_freeze_count()
     collector.pause_collector()
-    assert not gc.isenabled() and collector.collector_paused()
+    assert not gc.isenabled() and collector._paused
     collector.pause_collector()  # a second pause (a multirun's next job) changes nothing
     collector.resume_collector()
-    assert gc.isenabled() and not collector.collector_paused()
+    assert gc.isenabled() and not collector._paused
     assert gc.get_freeze_count() > frozen
 
 
